@@ -1,0 +1,67 @@
+"""The connector interface: what aam-bridge needs from any source.
+
+A connector lists its tables and reads one table as pages of records. Each page carries a
+cursor; reading again from that cursor yields exactly the records after the page, so the
+bridge can checkpoint after every chunk and resume a killed run without a gap or a re-send.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from aam_dcl.messages import Record
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorConfig:
+    """One entry of the connectors file."""
+
+    name: str  # unique per tenant; the stream is aam:dcl:{tenant}:{name}
+    type: str  # registry key: demo, salesforce, hubspot, dynamics, postgres, singer, file
+    connector_config_id: str
+    schedule_s: float | None = 300.0  # seconds between runs; None = run once
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    name: str
+    primary_key: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Records read from a table, and the cursor that resumes right after them."""
+
+    records: list[Record]
+    cursor: str | None
+
+
+class Connector(ABC):
+    """Base class of every connector. Subclasses set ``type_name`` and implement the reads."""
+
+    type_name: ClassVar[str]
+
+    def __init__(self, config: ConnectorConfig) -> None:
+        self.config = config
+
+    async def open(self) -> None:
+        """Acquire clients and sessions. Raise ConnectorError (or ConfigError) on failure."""
+
+    async def close(self) -> None:
+        """Release what open() acquired. Must be safe to call more than once."""
+
+    @abstractmethod
+    async def tables(self) -> list[TableSpec]:
+        """The tables this connector syncs, in a stable order."""
+
+    @abstractmethod
+    def read(self, table: TableSpec, cursor: str | None) -> AsyncIterator[Page]:
+        """Yield the records changed after ``cursor`` (None: everything), in a stable order.
+
+        Reading twice from the same cursor must yield the same records while the source is
+        unchanged. The last page's cursor becomes the table's cursor for the next run.
+        """

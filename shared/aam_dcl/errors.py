@@ -1,0 +1,69 @@
+"""The exception tree of aam-dcl.
+
+    AamDclError                      base; ``retriable`` says retry (True) or give up (False)
+    ├── ConfigError                  a bad setting or connectors file; stops start-up
+    ├── MessageError                 a stream entry that can never be processed (dead-letter it)
+    │   ├── PayloadTooLarge          over AAM_MAX_PAYLOAD_BYTES, rejected before parsing
+    │   ├── MalformedJson            the payload is not JSON
+    │   └── WrongShape               JSON, but not a batch of format v1
+    ├── ConnectorError               a connector failed to read (retriable unless said otherwise)
+    └── SinkError                    the DCL store failed
+        ├── SinkUnavailable          cannot reach the store: retry forever, count no delivery
+        └── SinkDataError            the store rejected this batch's data: counts towards
+                                     DCL_MAX_DELIVERIES, then dead-letter
+
+Foreign exceptions (redis, asyncpg, duckdb, aiohttp) are translated at the boundary
+with ``raise ... from exc`` so callers only need to know this tree.
+"""
+
+from __future__ import annotations
+
+
+class AamDclError(Exception):
+    """Base class. ``retriable`` tells a loop whether trying again can help."""
+
+    retriable: bool = False
+
+
+class ConfigError(AamDclError):
+    """A setting or the connectors file is invalid; the message names it and what is allowed."""
+
+
+class MessageError(AamDclError):
+    """A stream entry that no retry can fix; the worker dead-letters it with this reason."""
+
+    reason: str = "invalid"
+
+
+class PayloadTooLarge(MessageError):
+    reason = "oversize"
+
+
+class MalformedJson(MessageError):
+    reason = "malformed_json"
+
+
+class WrongShape(MessageError):
+    reason = "wrong_shape"
+
+
+class ConnectorError(AamDclError):
+    """A connector could not read from its source."""
+
+    retriable = True
+
+
+class SinkError(AamDclError):
+    """The DCL store failed to take a batch."""
+
+    retriable = True
+
+
+class SinkUnavailable(SinkError):
+    """The store cannot be reached; retry with backoff, the batch is not at fault."""
+
+
+class SinkDataError(SinkError):
+    """The store rejected the batch's data (bad value, type clash); the batch may be poison."""
+
+    reason = "sink_rejected"

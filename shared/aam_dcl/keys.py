@@ -1,0 +1,81 @@
+"""Every Redis key and name aam-dcl uses, in one place (docs/architecture.md has the key map).
+
+Names from the configuration guide are contracts other systems rely on; new keys never
+match ``aam:dcl:*`` because the worker discovers streams by scanning that pattern.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aam_dcl.errors import ConfigError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+NAME_RULE = "1-64 characters of letters, digits, '_', '.' or '-'"
+
+STREAM_PREFIX = "aam:dcl:"
+
+
+def validate_name(value: str, what: str) -> str:
+    """Check a tenant id or connector name; they go into key names and patterns."""
+    if not NAME_RE.match(value):
+        raise ConfigError(f"{what}={value!r} is invalid: use {NAME_RULE}")
+    return value
+
+
+def stream(tenant: str, connector: str) -> str:
+    """The stream one connector of one tenant publishes to: ``aam:dcl:{tenant}:{connector}``."""
+    return f"{STREAM_PREFIX}{tenant}:{connector}"
+
+
+def stream_pattern(tenant: str) -> str:
+    """SCAN pattern matching exactly this tenant's connector streams."""
+    return f"{STREAM_PREFIX}{tenant}:*"
+
+
+def connector_of_stream(tenant: str, key: str) -> str | None:
+    """The connector name of a stream key of ``tenant``, or None if it is not one."""
+    prefix = f"{STREAM_PREFIX}{tenant}:"
+    if not key.startswith(prefix):
+        return None
+    name = key[len(prefix) :]
+    return name if NAME_RE.match(name) else None
+
+
+def group(tenant: str) -> str:
+    """The consumer group of a tenant's workers: ``dcl_engine:{tenant}``."""
+    return f"dcl_engine:{tenant}"
+
+
+def processed_set(tenant: str) -> str:
+    """SET of batch ids already written (``SCARD``/``SISMEMBER`` work on it as the guide says)."""
+    return f"dcl:processed_batches:{tenant}"
+
+
+def processed_expiry(tenant: str) -> str:
+    """ZSET batch id -> expiry (ms): gives every id in the processed SET its own expiry."""
+    return f"dcl:processed_batches_expiry:{tenant}"
+
+
+def dead_letter_stream(tenant: str, connector: str) -> str:
+    """Per-connector dead-letter stream (outside ``aam:dcl:*`` so discovery never reads it)."""
+    return f"aam:dlq:{tenant}:{connector}"
+
+
+def dead_letter_pattern(tenant: str) -> str:
+    return f"aam:dlq:{tenant}:*"
+
+
+def sync_state(tenant: str, connector: str) -> str:
+    """HASH of a connector's sync state: the current run's start, chunk counter and cursors."""
+    return f"aam:sync:{tenant}:{connector}"
+
+
+def paused_flag(tenant: str) -> str:
+    """Present while an operator has paused consumption (``aam-dcl pause``)."""
+    return f"dcl:paused:{tenant}"
+
+
+def batch_id(connector: str, run_start_ms: int, chunk_number: int) -> str:
+    """``{connector}_{timestamp_ms}_{chunk_number}``; deterministic for a sync run."""
+    return f"{connector}_{run_start_ms}_{chunk_number}"

@@ -1,0 +1,200 @@
+"""The stream entry, format version 1: one field ``payload`` holding a JSON batch.
+
+Decoding is the worker's first line of defence: size is checked before parsing, the shape
+is checked with plain type tests (no per-record validation objects: they would dominate
+the hot path), and unknown fields are ignored so that other producers can add their own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from aam_dcl.errors import MalformedJson, PayloadTooLarge, WrongShape
+
+FORMAT_VERSION = 1
+PAYLOAD_FIELD = b"payload"
+GUIDE_PLACEHOLDER = b'"samples":[...]'
+COLUMN_TYPES = frozenset({"string", "integer", "numeric", "boolean", "datetime", "date", "json"})
+
+Record = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Column:
+    name: str
+    type: str
+
+
+@dataclass(slots=True)
+class TableSchema:
+    columns: list[Column]
+    primary_key: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"columns": [{"name": c.name, "type": c.type} for c in self.columns]}
+        if self.primary_key:
+            out["primary_key"] = self.primary_key
+        return out
+
+
+@dataclass(slots=True)
+class TableBatch:
+    """One table's part of a batch. ``records`` is None in a schema-only entry."""
+
+    name: str
+    schema: TableSchema
+    samples: list[Record]
+    total_count: int
+    records: list[Record] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "schema": self.schema.to_json(),
+            "samples": self.samples,
+            "stats": {"total_count": self.total_count, "sample_count": len(self.samples)},
+        }
+        if self.records is not None:
+            out["records"] = self.records
+        return out
+
+
+@dataclass(slots=True)
+class Batch:
+    batch_id: str
+    connector: str
+    connector_config_id: str
+    tables: list[TableBatch]
+    tenant_id: str | None = None
+    emitted_at: float | None = None  # unix seconds, set by the producer just before XADD
+    final: bool = False  # the last chunk of a sync run
+
+    @property
+    def record_count(self) -> int:
+        return sum(len(t.records) for t in self.tables if t.records)
+
+
+def encode(batch: Batch) -> bytes:
+    """The ``payload`` field's value. Stamps ``emitted_at`` unless already set."""
+    body: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "batch_id": batch.batch_id,
+        "connector": batch.connector,
+        "connector_config_id": batch.connector_config_id,
+        "tables": [t.to_json() for t in batch.tables],
+        "emitted_at": batch.emitted_at if batch.emitted_at is not None else time.time(),
+    }
+    if batch.tenant_id is not None:
+        body["tenant_id"] = batch.tenant_id
+    if batch.final:
+        body["final"] = True
+    return orjson.dumps(body)
+
+
+def decode(fields: dict[bytes, bytes], max_payload_bytes: int) -> Batch:
+    """Parse one stream entry's fields into a Batch, or raise a MessageError saying why not."""
+    raw = fields.get(PAYLOAD_FIELD)
+    if raw is None:
+        raise WrongShape(f"entry has no 'payload' field (fields: {sorted(map(_text, fields))})")
+    if len(raw) > max_payload_bytes:
+        raise PayloadTooLarge(
+            f"payload is {len(raw)} bytes, over AAM_MAX_PAYLOAD_BYTES={max_payload_bytes}"
+        )
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        body = _guide_example(raw)
+        if body is None:
+            raise MalformedJson(f"payload is not valid JSON: {exc}") from None
+    return from_json(body)
+
+
+def _guide_example(raw: bytes) -> Any:
+    """The configuration guide's example writes ``"samples":[...]`` literally; read that as []."""
+    if GUIDE_PLACEHOLDER not in raw:
+        return None
+    try:
+        return orjson.loads(raw.replace(GUIDE_PLACEHOLDER, b'"samples":[]'))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def from_json(body: Any) -> Batch:
+    if not isinstance(body, dict):
+        raise WrongShape(f"payload must be a JSON object, not {type(body).__name__}")
+    version = body.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise WrongShape(f"format_version {version!r} is not supported (this worker reads 1)")
+    batch_id = _required_str(body, "batch_id", "payload")
+    connector = _required_str(body, "connector", "payload")
+    config_id = body.get("connector_config_id", connector)
+    tables = body.get("tables")
+    if not isinstance(tables, list):
+        raise WrongShape(f"batch {batch_id}: 'tables' must be a list")
+    emitted_at = body.get("emitted_at")
+    return Batch(
+        batch_id=batch_id,
+        connector=connector,
+        connector_config_id=config_id if isinstance(config_id, str) else connector,
+        tables=[_table(batch_id, i, t) for i, t in enumerate(tables)],
+        tenant_id=body.get("tenant_id") if isinstance(body.get("tenant_id"), str) else None,
+        emitted_at=float(emitted_at) if isinstance(emitted_at, int | float) else None,
+        final=body.get("final") is True,
+    )
+
+
+def _table(batch_id: str, index: int, body: Any) -> TableBatch:
+    where = f"batch {batch_id}: tables[{index}]"
+    if not isinstance(body, dict):
+        raise WrongShape(f"{where} must be an object")
+    name = _required_str(body, "name", where)
+    schema = body.get("schema")
+    if not isinstance(schema, dict) or not isinstance(schema.get("columns"), list):
+        raise WrongShape(f"{where} ({name}): 'schema.columns' must be a list")
+    columns = []
+    for col in schema["columns"]:
+        if not (isinstance(col, dict) and isinstance(col.get("name"), str) and col["name"]):
+            raise WrongShape(f"{where} ({name}): every column needs a non-empty 'name'")
+        col_type = col.get("type", "string")
+        if col_type not in COLUMN_TYPES:
+            raise WrongShape(
+                f"{where} ({name}): column {col['name']!r} has type {col_type!r}; "
+                f"allowed: {', '.join(sorted(COLUMN_TYPES))}"
+            )
+        columns.append(Column(col["name"], col_type))
+    primary_key = schema.get("primary_key") or []
+    if not (isinstance(primary_key, list) and all(isinstance(k, str) for k in primary_key)):
+        raise WrongShape(f"{where} ({name}): 'schema.primary_key' must be a list of names")
+    records = body.get("records")
+    if records is not None:
+        if not isinstance(records, list):
+            raise WrongShape(f"{where} ({name}): 'records' must be a list")
+        for n, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise WrongShape(f"{where} ({name}): records[{n}] must be an object")
+    samples = body.get("samples")
+    stats = body.get("stats")
+    total = stats.get("total_count") if isinstance(stats, dict) else None
+    return TableBatch(
+        name=name,
+        schema=TableSchema(columns, primary_key),
+        # The guide's own example writes "samples": [...] literally; keep only real samples.
+        samples=[s for s in samples if isinstance(s, dict)] if isinstance(samples, list) else [],
+        total_count=total if isinstance(total, int) else len(records or []),
+        records=records,
+    )
+
+
+def _required_str(body: dict[str, Any], key: str, where: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise WrongShape(f"{where}: '{key}' must be a non-empty string")
+    return value
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
