@@ -48,10 +48,10 @@ class Connector(ABC):
     def __init__(self, config: ConnectorConfig) -> None:
         self.config = config
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027 - optional hook: most connectors need no setup
         """Acquire clients and sessions. Raise ConnectorError (or ConfigError) on failure."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, like open()
         """Release what open() acquired. Must be safe to call more than once."""
 
     @abstractmethod
