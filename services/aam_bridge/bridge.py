@@ -1,0 +1,119 @@
+"""aam-bridge: runs every configured connector on its schedule, one task per connector.
+
+A failed run is logged and retried with backoff; because the checkpoint lives in Redis, the
+retry resumes the interrupted run rather than starting over. Shutdown cancels the runs:
+that is safe at any point, since each XADD and its checkpoint are one MULTI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from aam_bridge import metrics
+from aam_bridge.connectors.base import Connector
+from aam_bridge.sync import RunResult, SyncRunner
+from aam_dcl.config import Settings
+from aam_dcl.errors import AamDclError, ConfigError
+
+log = structlog.get_logger("aam_bridge")
+
+
+class Bridge:
+    def __init__(
+        self,
+        settings: Settings,
+        client: aioredis.Redis,
+        connectors: list[Connector],
+        stopping: asyncio.Event,
+    ) -> None:
+        self.settings = settings
+        self.redis = client
+        self.connectors = connectors
+        self.stopping = stopping
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.results: dict[str, list[RunResult]] = {c.config.name: [] for c in connectors}
+
+    async def run(self) -> None:
+        """Run until every connector is done (schedule 'once') or stopping is set."""
+        for connector in self.connectors:
+            name = connector.config.name
+            self.tasks[name] = asyncio.create_task(self._schedule(connector), name=name)
+        stop = asyncio.create_task(self.stopping.wait())
+        try:
+            await asyncio.wait([*self.tasks.values(), stop], return_when=asyncio.FIRST_COMPLETED)
+            while not self.stopping.is_set() and not all(t.done() for t in self.tasks.values()):
+                await asyncio.wait(
+                    [*self.tasks.values(), stop], return_when=asyncio.FIRST_COMPLETED
+                )
+        finally:
+            stop.cancel()
+            for task in self.tasks.values():
+                task.cancel()
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            for connector in self.connectors:
+                await connector.close()
+
+    def live(self) -> str | None:
+        for name, task in self.tasks.items():
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                return f"connector {name} crashed: {task.exception()}"
+        return None
+
+    async def ready(self) -> str | None:
+        try:
+            await self.redis.ping()
+        except RedisError as exc:
+            return f"redis unreachable: {exc}"
+        return None
+
+    async def _schedule(self, connector: Connector) -> None:
+        config = connector.config
+        structlog.contextvars.bind_contextvars(
+            tenant=self.settings.tenant_id, connector=config.name
+        )
+        runner = SyncRunner(self.settings, self.redis, connector)
+        labels = (self.settings.tenant_id, config.name)
+        failures = 0
+        await connector.open()
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                result = await runner.run_once()
+            except ConfigError:
+                raise
+            except (AamDclError, RedisError, OSError) as exc:
+                failures += 1
+                metrics.SYNC_RUNS.labels(*labels, "failed").inc()
+                delay = min(60.0, 0.5 * 2**failures) * random.uniform(0.5, 1.0)
+                log.warning(
+                    "sync_run_failed", error=str(exc), error_type=type(exc).__name__,
+                    retry_in_s=round(delay, 1),
+                )  # fmt: skip
+                await self._sleep(delay)
+                continue
+            failures = 0
+            self.results[config.name].append(result)
+            metrics.SYNC_RUNS.labels(*labels, "succeeded").inc()
+            metrics.LAST_SUCCESS.labels(*labels).set(time.time())
+            log.info(
+                "sync_run_finished",
+                run_start_ms=result.run_start_ms,
+                chunks=result.chunks,
+                records=result.records,
+                resumed=result.resumed,
+                duration_s=round(time.monotonic() - started, 3),
+            )
+            if config.schedule_s is None:
+                return
+            await self._sleep(max(0.0, config.schedule_s - (time.monotonic() - started)))
+
+    async def _sleep(self, delay_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), delay_s)

@@ -1,0 +1,54 @@
+"""aam-bridge entry point: settings → connectors, Redis, HTTP server → Bridge until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from aam_bridge.bridge import Bridge
+from aam_bridge.connectors.registry import create
+from aam_bridge.connectors_file import load_connectors
+from aam_dcl import __version__
+from aam_dcl.config import Settings
+from aam_dcl.http import start_http_server
+from aam_dcl.logs import redacted_url
+from aam_dcl.redis_conn import connect
+
+DEFAULT_METRICS_PORT = 9101
+
+log = structlog.get_logger("aam_bridge")
+
+
+async def serve(settings: Settings, stopping: asyncio.Event) -> None:
+    """Run the bridge until its connectors are done or ``stopping`` is set."""
+    configs = load_connectors(settings.connectors_file, settings.tenant_id)
+    connectors = [create(config) for config in configs]
+    client = connect(settings)
+    bridge = Bridge(settings, client, connectors, stopping)
+    port = DEFAULT_METRICS_PORT if settings.metrics_port is None else settings.metrics_port
+    runner = await start_http_server(
+        settings.metrics_host, port, live=bridge.live, ready=bridge.ready
+    )
+    log.info(
+        "bridge_started",
+        version=__version__,
+        tenant=settings.tenant_id,
+        redis=redacted_url(settings.effective_redis_url),
+        connectors=[c.name for c in configs],
+        chunk_size=settings.batch_chunk_size,
+        maxlen=settings.stream_maxlen,
+        trim_policy=settings.trim_policy,
+        metrics_port=port,
+    )
+    try:
+        await bridge.run()
+    finally:
+        await client.aclose()
+        await runner.cleanup()
+
+
+def main() -> None:
+    from aam_dcl.daemon import run_daemon
+
+    run_daemon("aam-bridge", serve)

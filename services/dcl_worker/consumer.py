@@ -1,0 +1,441 @@
+"""One consumer-group loop for one connector stream: read, dedupe, write, mark + ack.
+
+The loop first re-reads this consumer's own pending entries (``XREADGROUP ... 0``), then new
+ones (``>``), and every ``DCL_CLAIM_IDLE_MS / 2`` takes over entries that dead consumers left
+(XAUTOCLAIM). A read is handled as a whole: one SMISMEMBER to drop batches already processed,
+one sink transaction (which records the batch ids in the store's own inbox: exactly once),
+then one Lua call that dead-letters poison, marks processed and acks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from aam_dcl import keys
+from aam_dcl.config import Settings
+from aam_dcl.errors import MessageError, SinkDataError, SinkUnavailable
+from aam_dcl.messages import Batch, decode
+from dcl_worker import metrics
+from dcl_worker.finalize import DeadLetter, Finalizer
+from dcl_worker.sinks.base import Sink
+
+log = structlog.get_logger("dcl_worker.consumer")
+
+Entry = tuple[bytes, dict[bytes, bytes] | None]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What handling one read decided, entry by entry."""
+
+    ack: list[bytes] = field(default_factory=list)
+    mark: list[str] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    processed: list[Batch] = field(default_factory=list)
+    duplicates: list[Batch] = field(default_factory=list)
+    retry: int = 0  # entries left pending to be tried again
+
+
+class Backoff:
+    """Bounded, jittered exponential backoff: 0.1 s doubling up to ``cap_s``."""
+
+    def __init__(self, cap_s: float = 5.0) -> None:
+        self.cap_s = cap_s
+        self.attempt = 0
+
+    def next_s(self) -> float:
+        self.attempt += 1
+        ceiling = min(self.cap_s, 0.1 * 2 ** min(self.attempt, 16))
+        return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class StreamConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        client: aioredis.Redis,
+        sink: Sink,
+        connector: str,
+        stopping: asyncio.Event,
+        running: asyncio.Event,
+    ) -> None:
+        self.settings = settings
+        self.redis = client
+        self.sink = sink
+        self.connector = connector
+        self.tenant = settings.tenant_id
+        self.stream = keys.stream(self.tenant, connector)
+        self.group = keys.group(self.tenant)
+        self.consumer = settings.consumer_name
+        self.stopping = stopping
+        self.running = running  # cleared while an operator has paused consumption
+        self.finalize = Finalizer(client, self.tenant, connector, settings.idempotency_ttl_s)
+        self.finalize.for_consumer(self.consumer)
+        self.labels = (self.tenant, connector)
+        self.read_backlog = True
+        self.next_claim_at = 0.0
+        self.claim_cursor = b"0-0"
+        self.in_flight = False
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        structlog.contextvars.bind_contextvars(tenant=self.tenant, connector=self.connector)
+        backoff = Backoff()
+        while not self.stopping.is_set():
+            try:
+                if not self.running.is_set():
+                    await self._wait_for(self.running.wait())
+                    continue
+                await self.ensure_group()
+                await self.step()
+                backoff.reset()
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("group_missing", stream=self.stream, error=str(exc))
+                self.read_backlog = True
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                metrics.REDIS_ERRORS.labels(*self.labels).inc()
+                delay = backoff.next_s()
+                log.warning("redis_unavailable", error=str(exc), retry_in_s=round(delay, 2))
+                await self._sleep(delay)
+        log.info("consumer_stopped")
+
+    async def step(self) -> None:
+        """One read and its handling."""
+        if self.read_backlog:
+            entries = await self._read("0", block_ms=None)
+            if not entries:
+                self.read_backlog = False
+                return
+            await self.handle(entries, redelivered=True)
+            return
+        if time.monotonic() >= self.next_claim_at:
+            await self.reclaim()
+        entries = await self._read(">", block_ms=self.settings.block_ms)
+        if entries:
+            await self.handle(entries, redelivered=False)
+
+    async def ensure_group(self) -> None:
+        """Create the group at 0 (never $: that would skip what is already in the stream)."""
+        if getattr(self, "_group_ready", False):
+            return
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            log.info("group_created", stream=self.stream, group=self.group)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def _read(self, start: str, block_ms: int | None) -> list[Entry]:
+        """XREADGROUP, abandoned (entries stay pending, re-read later) if stopping meanwhile."""
+        call = self.redis.xreadgroup(
+            self.group,
+            self.consumer,
+            {self.stream: start},
+            count=self.settings.read_count,
+            block=block_ms,
+        )
+        try:
+            reply = await self._wait_for(call)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                self._group_ready = False
+            raise
+        if not reply:
+            return []
+        entries: list[Entry] = reply[0][1]
+        return entries
+
+    async def reclaim(self) -> None:
+        """Take over entries idle longer than DCL_CLAIM_IDLE_MS, whoever holds them."""
+        self.next_claim_at = time.monotonic() + self.settings.claim_idle_ms / 2000
+        while not self.stopping.is_set():
+            reply: list[Any] = await self.redis.xautoclaim(
+                self.stream,
+                self.group,
+                self.consumer,
+                min_idle_time=self.settings.claim_idle_ms,
+                start_id=self.claim_cursor,
+                count=self.settings.read_count,
+            )
+            self.claim_cursor = reply[0]
+            claimed: list[Entry] = reply[1]
+            deleted: list[bytes] = reply[2] if len(reply) > 2 else []
+            if deleted:
+                # Redis dropped these from the PEL: they were trimmed before anyone acked them.
+                metrics.DELETED_PENDING.labels(*self.labels).inc(len(deleted))
+                log.error(
+                    "pending_entries_deleted",
+                    count=len(deleted),
+                    first=deleted[0].decode(),
+                    hint="the stream was trimmed or XDEL'd while these were unacknowledged",
+                )
+            if claimed:
+                metrics.RECLAIMED.labels(*self.labels).inc(len(claimed))
+                log.info("entries_reclaimed", count=len(claimed))
+                await self.handle(claimed, redelivered=True)
+            if self.claim_cursor in (b"0-0", "0-0"):
+                return
+
+    # --- handling a read ------------------------------------------------------------------
+
+    async def handle(self, entries: list[Entry], *, redelivered: bool) -> None:
+        """Decide every entry, write the fresh batches, then finalize atomically.
+
+        Runs shielded: once a read is being handled, a shutdown waits for it to finish.
+        """
+        self.in_flight = True
+        try:
+            await asyncio.shield(self._handle(entries, redelivered))
+        finally:
+            self.in_flight = False
+
+    async def _handle(self, entries: list[Entry], redelivered: bool) -> None:
+        started = time.perf_counter()
+        out = Outcome()
+        deliveries = await self._delivery_counts(entries) if redelivered else {}
+        candidates: list[tuple[bytes, Batch]] = []
+        for entry_id, fields in entries:
+            if not fields:  # pending, but deleted from the stream (XREADGROUP gives no fields)
+                metrics.DELETED_PENDING.labels(*self.labels).inc()
+                log.error("pending_entry_deleted", entry_id=entry_id.decode())
+                out.ack.append(entry_id)
+                continue
+            try:
+                batch = decode(fields, self.settings.max_payload_bytes)
+            except MessageError as exc:
+                out.dead.append(self._dead(entry_id, fields, deliveries, exc.reason, str(exc)))
+                out.ack.append(entry_id)
+                continue
+            count = deliveries.get(entry_id, 1)
+            if count > self.settings.max_deliveries:
+                reason = f"delivered {count} times, over DCL_MAX_DELIVERIES"
+                out.dead.append(
+                    self._dead(entry_id, fields, deliveries, "max_deliveries", reason, batch)
+                )
+                out.ack.append(entry_id)
+                continue
+            candidates.append((entry_id, batch))
+
+        fresh = await self._drop_processed(candidates, out)
+        await self._write(fresh, out, deliveries, entries)
+        await self._finalize(out)
+        self._observe(out, started)
+
+    async def _drop_processed(
+        self, candidates: list[tuple[bytes, Batch]], out: Outcome
+    ) -> list[tuple[bytes, Batch]]:
+        """Ack batches already in the processed SET (one SMISMEMBER) and repeats in this read."""
+        if not candidates:
+            return []
+        ids = [b.batch_id for _, b in candidates]
+        known = await self.redis.smismember(keys.processed_set(self.tenant), ids)
+        fresh: list[tuple[bytes, Batch]] = []
+        seen: set[str] = set()
+        for (entry_id, batch), is_known in zip(candidates, known, strict=True):
+            if is_known or batch.batch_id in seen:
+                out.duplicates.append(batch)
+                out.ack.append(entry_id)
+            else:
+                seen.add(batch.batch_id)
+                fresh.append((entry_id, batch))
+        return fresh
+
+    async def _write(
+        self,
+        fresh: list[tuple[bytes, Batch]],
+        out: Outcome,
+        deliveries: dict[bytes, int],
+        entries: list[Entry],
+    ) -> None:
+        if not fresh:
+            return
+        try:
+            already = await self._write_until_available([b for _, b in fresh])
+        except SinkDataError:
+            # Some batch in the group is poison: write one by one to find it.
+            await self._write_one_by_one(fresh, out, deliveries, dict(entries))
+            return
+        if already is None:  # stopping while the store was unavailable: leave all pending
+            out.retry += len(fresh)
+            return
+        for entry_id, batch in fresh:
+            (out.duplicates if batch.batch_id in already else out.processed).append(batch)
+            out.mark.append(batch.batch_id)
+            out.ack.append(entry_id)
+
+    async def _write_until_available(self, batches: list[Batch]) -> set[str] | None:
+        """Write, retrying while the store is unavailable; None if told to stop meanwhile."""
+        backoff = Backoff(cap_s=10.0)
+        while True:
+            try:
+                return await self.sink.write(batches)
+            except SinkUnavailable as exc:
+                metrics.SINK_ERRORS.labels(*self.labels).inc()
+                delay = backoff.next_s()
+                log.warning("sink_unavailable", error=str(exc), retry_in_s=round(delay, 2))
+                if self.stopping.is_set():
+                    return None
+                await self._sleep(delay)
+            except SinkDataError:
+                metrics.SINK_ERRORS.labels(*self.labels).inc()
+                raise
+
+    async def _write_one_by_one(
+        self,
+        fresh: list[tuple[bytes, Batch]],
+        out: Outcome,
+        deliveries: dict[bytes, int],
+        fields_of: dict[bytes, dict[bytes, bytes] | None],
+    ) -> None:
+        for entry_id, batch in fresh:
+            try:
+                already = await self._write_until_available([batch])
+            except SinkDataError as exc:
+                count = deliveries.get(entry_id, 1)
+                log.warning(
+                    "batch_rejected_by_sink",
+                    batch_id=batch.batch_id,
+                    deliveries=count,
+                    error=str(exc),
+                )
+                if count >= self.settings.max_deliveries:
+                    fields = fields_of.get(entry_id) or {}
+                    out.dead.append(
+                        self._dead(entry_id, fields, deliveries, exc.reason, str(exc), batch)
+                    )
+                    out.ack.append(entry_id)
+                else:
+                    out.retry += 1  # stays pending; re-read from the backlog after a pause
+                continue
+            if already is None:
+                out.retry += 1
+                continue
+            (out.duplicates if batch.batch_id in already else out.processed).append(batch)
+            out.mark.append(batch.batch_id)
+            out.ack.append(entry_id)
+
+    async def _finalize(self, out: Outcome) -> None:
+        """Dead-letter, mark and ack in one Lua call; retried until Redis takes it."""
+        if out.ack or out.mark or out.dead:
+            backoff = Backoff()
+            while True:
+                try:
+                    await self.finalize(int(time.time() * 1000), out.ack, out.mark, out.dead)
+                    break
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    # Safe to retry: every step of the script is idempotent.
+                    metrics.REDIS_ERRORS.labels(*self.labels).inc()
+                    if self.stopping.is_set() and backoff.attempt > 3:
+                        log.warning("finalize_abandoned", error=str(exc), entries=len(out.ack))
+                        return  # entries stay pending; the sink inbox makes the retry safe
+                    await asyncio.sleep(backoff.next_s())
+        if out.retry:
+            self.read_backlog = True
+            await self._sleep(min(5.0, 0.2 * 2 ** min(out.retry, 5)))
+
+    async def _delivery_counts(self, entries: list[Entry]) -> dict[bytes, int]:
+        """Times each redelivered entry has been delivered (one XPENDING over their range)."""
+        ids = [entry_id for entry_id, _ in entries]
+        rows = await self.redis.xpending_range(
+            self.stream, self.group, min=min(ids, key=_id_key), max=max(ids, key=_id_key),
+            count=len(ids), consumername=self.consumer,
+        )  # fmt: skip
+        return {_as_bytes(row["message_id"]): int(row["times_delivered"]) for row in rows}
+
+    def _dead(
+        self,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        deliveries: dict[bytes, int],
+        error_type: str,
+        error: str,
+        batch: Batch | None = None,
+    ) -> DeadLetter:
+        log.error("dead_lettered", entry_id=entry_id.decode(), reason=error_type, error=error[:300])
+        payload = fields.get(b"payload")
+        if payload is None:  # keep whatever the producer sent
+            payload = b" ".join(k + b"=" + v for k, v in fields.items())
+        return DeadLetter(
+            entry_id=entry_id,
+            batch_id=batch.batch_id if batch else "",
+            payload=payload,
+            deliveries=deliveries.get(entry_id, 1),
+            error_type=error_type,
+            error=error,
+        )
+
+    def _observe(self, out: Outcome, started: float) -> None:
+        now = time.time()
+        for outcome, batches in (("processed", out.processed), ("duplicate", out.duplicates)):
+            if not batches:
+                continue
+            metrics.BATCHES.labels(*self.labels, outcome).inc(len(batches))
+            metrics.RECORDS.labels(*self.labels, outcome).inc(sum(b.record_count for b in batches))
+        latency = metrics.END_TO_END_SECONDS.labels(*self.labels)
+        for batch in out.processed:
+            if batch.emitted_at is not None:
+                latency.observe(max(0.0, now - batch.emitted_at))
+        for dead in out.dead:
+            metrics.DEAD_LETTERED.labels(*self.labels, dead.error_type).inc()
+        if out.dead:
+            metrics.BATCHES.labels(*self.labels, "dead_lettered").inc(len(out.dead))
+        if out.retry:
+            metrics.BATCHES.labels(*self.labels, "failed").inc(out.retry)
+        metrics.PROCESSING_SECONDS.labels(*self.labels).observe(time.perf_counter() - started)
+        if out.processed:
+            log.debug(
+                "batches_processed",
+                batches=len(out.processed),
+                records=sum(b.record_count for b in out.processed),
+                duplicates=len(out.duplicates),
+                first_batch_id=out.processed[0].batch_id,
+            )
+
+    # --- waiting that respects shutdown ------------------------------------------------------
+
+    async def _wait_for(self, awaitable: Awaitable[Any]) -> Any:
+        """Await ``awaitable`` unless stopping is set first; then cancel it and return None."""
+        task = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        return None
+
+    async def _sleep(self, delay_s: float) -> None:
+        await self._wait_for(asyncio.sleep(delay_s))
+
+
+def _as_bytes(value: bytes | str | int) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _id_key(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+Callback = Callable[[], Awaitable[None]]
+__all__ = ["Backoff", "StreamConsumer"]

@@ -1,0 +1,215 @@
+"""dcl-worker: discovers a tenant's connector streams and runs one consumer loop per stream.
+
+Beside the consumer loops it runs stream discovery (new streams appear while it runs), a
+monitor that publishes lag/pending/length gauges and follows the operator's pause flag, and
+supervision that restarts a crashed loop with backoff instead of losing it silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from aam_dcl import keys
+from aam_dcl.config import Settings
+from aam_dcl.errors import SinkUnavailable
+from dcl_worker import metrics
+from dcl_worker.consumer import Backoff, StreamConsumer
+from dcl_worker.sinks.base import Sink
+
+log = structlog.get_logger("dcl_worker.worker")
+
+MONITOR_INTERVAL_S = 2.0
+
+
+class Worker:
+    def __init__(
+        self, settings: Settings, client: aioredis.Redis, sink: Sink, stopping: asyncio.Event
+    ) -> None:
+        self.settings = settings
+        self.redis = client
+        self.sink = sink
+        self.stopping = stopping
+        self.tenant = settings.tenant_id
+        self.running = asyncio.Event()  # cleared while paused
+        self.running.set()
+        self.consumers: dict[str, StreamConsumer] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.sink_ready = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        metrics.CONSUMING.labels(self.tenant).set(1 if self.settings.use_aam_as_source else 0)
+        if not self.settings.use_aam_as_source:
+            log.warning(
+                "consumption_disabled",
+                reason="USE_AAM_AS_SOURCE=false: this worker reads no streams",
+            )
+            await self.stopping.wait()
+            return
+        if not await self._open_sink():
+            return
+        self._spawn("discovery", self._discovery_loop)
+        self._spawn("monitor", self._monitor_loop)
+        await self.stopping.wait()
+        await self._drain()
+
+    async def _open_sink(self) -> bool:
+        backoff = Backoff(cap_s=10.0)
+        while not self.stopping.is_set():
+            try:
+                await self.sink.open()
+                self.sink_ready = True
+                return True
+            except SinkUnavailable as exc:
+                delay = backoff.next_s()
+                log.warning("sink_unavailable", error=str(exc), retry_in_s=round(delay, 2))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+        return False
+
+    async def _drain(self) -> None:
+        """Let consumers finish the read in hand, then cancel anything left after the grace."""
+        log.info("draining", in_flight=sum(c.in_flight for c in self.consumers.values()))
+        tasks = list(self.tasks.values())
+        _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("grace_period_exceeded", cancelled=len(pending))
+            await asyncio.wait(pending, timeout=5)
+
+    def _spawn(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        self.tasks[name] = asyncio.create_task(self._supervise(name, loop), name=name)
+
+    async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run ``loop`` until stopping; a crash is logged with context and restarted."""
+        backoff = Backoff(cap_s=30.0)
+        while not self.stopping.is_set():
+            try:
+                await loop()
+                return
+            except Exception:
+                delay = backoff.next_s()
+                log.exception("loop_crashed", loop=name, restart_in_s=round(delay, 2))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+
+    # --- health -------------------------------------------------------------------------------
+
+    def live(self) -> str | None:
+        for name, task in self.tasks.items():
+            if task.done() and not self.stopping.is_set():
+                return f"loop {name} has ended"
+        return None
+
+    async def ready(self) -> str | None:
+        try:
+            await self.redis.ping()
+        except RedisError as exc:
+            return f"redis unreachable: {exc}"
+        if not self.settings.use_aam_as_source:
+            return None
+        if not self.sink_ready:
+            return "sink not open yet"
+        try:
+            await self.sink.ping()
+        except SinkUnavailable as exc:
+            return f"sink unavailable: {exc}"
+        return None
+
+    # --- loops --------------------------------------------------------------------------------
+
+    async def _discovery_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                for connector in await self.discover():
+                    if connector not in self.consumers:
+                        self._start_consumer(connector)
+            except RedisError as exc:
+                log.warning("discovery_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.settings.discovery_interval_s)
+
+    async def discover(self) -> list[str]:
+        """Connector names of this tenant's streams (SCAN aam:dcl:{tenant}:* TYPE stream)."""
+        found: list[str] = []
+        async for key in self.redis.scan_iter(
+            match=keys.stream_pattern(self.tenant), count=1000, _type="stream"
+        ):
+            name = keys.connector_of_stream(self.tenant, key.decode())
+            if name is not None:
+                found.append(name)
+        return sorted(found)
+
+    def _start_consumer(self, connector: str) -> None:
+        consumer = StreamConsumer(
+            self.settings, self.redis, self.sink, connector, self.stopping, self.running
+        )
+        self.consumers[connector] = consumer
+        self._spawn(f"consumer:{connector}", consumer.run)
+        metrics.STREAMS.labels(self.tenant).set(len(self.consumers))
+        log.info("stream_discovered", connector=connector, stream=consumer.stream)
+
+    async def _monitor_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                await self._follow_pause_flag()
+                await self.observe()
+            except RedisError as exc:
+                log.warning("monitor_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), MONITOR_INTERVAL_S)
+
+    async def _follow_pause_flag(self) -> None:
+        paused = bool(await self.redis.exists(keys.paused_flag(self.tenant)))
+        if paused and self.running.is_set():
+            self.running.clear()
+            log.warning("consumption_paused", by="aam-dcl pause")
+        elif not paused and not self.running.is_set():
+            self.running.set()
+            log.info("consumption_resumed")
+        metrics.PAUSED.labels(self.tenant).set(1 if paused else 0)
+
+    async def observe(self) -> None:
+        """Refresh the per-stream gauges (one pipeline round trip)."""
+        connectors = list(self.consumers)
+        group = keys.group(self.tenant)
+        pipe = self.redis.pipeline(transaction=False)
+        for connector in connectors:
+            stream = keys.stream(self.tenant, connector)
+            pipe.xlen(stream)
+            pipe.xinfo_groups(stream)
+            pipe.xpending(stream, group)
+            pipe.xlen(keys.dead_letter_stream(self.tenant, connector))
+        pipe.scard(keys.processed_set(self.tenant))
+        replies = await pipe.execute(raise_on_error=False)
+        now_ms = time.time() * 1000
+        for i, connector in enumerate(connectors):
+            length, groups, pending, dlq_length = replies[4 * i : 4 * i + 4]
+            labels = (self.tenant, connector)
+            if isinstance(length, int):
+                metrics.STREAM_LENGTH.labels(*labels).set(length)
+            if isinstance(dlq_length, int):
+                metrics.DEAD_LETTER_LENGTH.labels(*labels).set(dlq_length)
+            for info in groups if isinstance(groups, list) else []:
+                if info.get("name") == group.encode():
+                    if info.get("lag") is not None:
+                        metrics.GROUP_LAG.labels(*labels).set(info["lag"])
+                    metrics.PENDING.labels(*labels).set(info.get("pending", 0))
+            if isinstance(pending, dict):
+                oldest = pending.get("min")
+                age_s = 0.0
+                if oldest:
+                    oldest_ms = int(oldest.split(b"-")[0])
+                    age_s = max(0.0, (now_ms - oldest_ms) / 1000)
+                metrics.OLDEST_PENDING_AGE.labels(*labels).set(age_s)
+        if isinstance(replies[-1], int):
+            metrics.PROCESSED_SET_SIZE.labels(self.tenant).set(replies[-1])

@@ -1,0 +1,64 @@
+"""The one HTTP port of each daemon: /metrics (Prometheus), /healthz and /readyz.
+
+/healthz is liveness: it answers from memory whether the daemon's loops are alive and
+never calls Redis (a Redis outage must not get pods killed). /readyz asks the daemon's
+readiness check (Redis reachable, group and sink ready) with a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+LiveCheck = Callable[[], str | None]  # None when alive, else what is wrong
+ReadyCheck = Callable[[], Awaitable[str | None]]
+
+READY_TIMEOUT_S = 2.0
+
+
+async def start_http_server(
+    host: str, port: int, *, live: LiveCheck, ready: ReadyCheck
+) -> web.AppRunner:
+    """Serve the three endpoints; returns the runner (``await runner.cleanup()`` to stop)."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        problem = live()
+        return _status(problem)
+
+    async def readyz(_: web.Request) -> web.Response:
+        try:
+            problem = await asyncio.wait_for(ready(), READY_TIMEOUT_S)
+        except TimeoutError:
+            problem = f"readiness check took longer than {READY_TIMEOUT_S}s"
+        return _status(problem)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port actually bound (useful with METRICS_PORT=0 in tests)."""
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            return int(server.sockets[0].getsockname()[1])
+    raise RuntimeError("the HTTP server is not listening")
+
+
+def _status(problem: str | None) -> web.Response:
+    if problem is None:
+        return web.Response(text="ok\n")
+    return web.Response(status=503, text=f"{problem}\n")
