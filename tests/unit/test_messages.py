@@ -1,0 +1,109 @@
+"""Message format v1: round trip, the guide's own example, unknown fields, and typed rejects."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from aam_dcl.errors import MalformedJson, PayloadTooLarge, WrongShape
+from aam_dcl.messages import Batch, decode, encode
+from aam_dcl.schema import table_batch
+
+# Verbatim from the configuration guide's "Message Format" section (the JSON string value).
+GUIDE_PAYLOAD = (
+    '{"batch_id":"salesforce_1762299908994_1","connector":"salesforce",'
+    '"connector_config_id":"salesforce-demo-001","tables":[{"name":"opportunities",'
+    '"schema":{"columns":[{"name":"account_name","type":"string"},'
+    '{"name":"opportunity_id","type":"string"},{"name":"opportunity_name","type":"string"},'
+    '{"name":"stage","type":"string"},{"name":"amount","type":"numeric"},'
+    '{"name":"close_date","type":"datetime"},{"name":"created_at","type":"datetime"}]},'
+    '"samples":[...],"stats":{"total_count":7,"sample_count":7}}]}'
+)
+MAX = 1024 * 1024
+
+
+def test_guide_example_is_accepted_verbatim_as_schema_only() -> None:
+    batch = decode({b"payload": GUIDE_PAYLOAD.encode()}, MAX)
+    assert batch.batch_id == "salesforce_1762299908994_1"
+    assert batch.connector_config_id == "salesforce-demo-001"
+    (table,) = batch.tables
+    assert table.name == "opportunities"
+    assert [c.type for c in table.schema.columns][-3:] == ["numeric", "datetime", "datetime"]
+    assert table.records is None  # schema-only: registers the schema, writes no rows
+    assert table.total_count == 7
+    assert batch.record_count == 0
+
+
+def test_round_trip_keeps_records_schema_and_emitted_at() -> None:
+    records = [{"id": "1", "amount": 10.5}, {"id": "2", "amount": 3}]
+    original = Batch(
+        batch_id="hubspot_1_1",
+        connector="hubspot",
+        connector_config_id="hubspot-1",
+        tables=[table_batch("deals", records, primary_key=["id"], max_samples=1)],
+        tenant_id="acme",
+        emitted_at=1234.5,
+    )
+    decoded = decode({b"payload": encode(original)}, MAX)
+    assert decoded == original
+    assert decoded.tables[0].samples == records[:1]
+
+
+def test_unknown_fields_are_ignored() -> None:
+    body = orjson.loads(GUIDE_PAYLOAD.replace("[...]", "[]"))
+    body["producer"] = "someone-else"
+    body["tables"][0]["lineage"] = {"x": 1}
+    batch = decode({b"payload": orjson.dumps(body), b"trace_id": b"abc"}, MAX)
+    assert batch.batch_id == "salesforce_1762299908994_1"
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "text"),
+    [
+        ({b"payload": b"{not json"}, MalformedJson, "not valid JSON"),
+        ({b"payload": b"[1, 2]"}, WrongShape, "JSON object"),
+        ({b"data": b"{}"}, WrongShape, "no 'payload' field"),
+        ({b"payload": b'{"connector": "x", "tables": []}'}, WrongShape, "'batch_id'"),
+        ({b"payload": b'{"batch_id": "b", "connector": "x"}'}, WrongShape, "'tables'"),
+        (
+            {b"payload": b'{"batch_id":"b","connector":"x","tables":[{"name":"t","schema":{}}]}'},
+            WrongShape,
+            "schema.columns",
+        ),
+        (
+            {
+                b"payload": b'{"batch_id":"b","connector":"x","tables":[{"name":"t",'
+                b'"schema":{"columns":[{"name":"a","type":"money"}]}}]}'
+            },
+            WrongShape,
+            "'money'",
+        ),
+        (
+            {
+                b"payload": b'{"batch_id":"b","connector":"x","tables":[{"name":"t",'
+                b'"schema":{"columns":[]},"records":[1]}]}'
+            },
+            WrongShape,
+            "records[0]",
+        ),
+        ({b"payload": b'{"format_version": 2, "batch_id": "b"}'}, WrongShape, "format_version"),
+    ],
+)
+def test_bad_entries_raise_a_typed_error_that_says_what_is_wrong(
+    fields: dict[bytes, bytes], error: type[Exception], text: str
+) -> None:
+    with pytest.raises(error) as info:
+        decode(fields, MAX)
+    assert text in str(info.value)
+
+
+def test_oversize_payload_is_rejected_before_parsing() -> None:
+    """The size check comes first: an oversize payload is rejected even if it is not JSON."""
+    with pytest.raises(PayloadTooLarge, match="AAM_MAX_PAYLOAD_BYTES=1024"):
+        decode({b"payload": b"x" * 1025}, 1024)
+
+
+def test_deeply_nested_json_is_rejected_not_crashing() -> None:
+    deep = b"[" * 5000 + b"]" * 5000
+    with pytest.raises(MalformedJson):
+        decode({b"payload": deep}, MAX)

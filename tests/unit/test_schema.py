@@ -1,0 +1,59 @@
+"""Schema inference: the seven column types, merging rules, samples and stats."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from aam_dcl.schema import infer_column_type, infer_schema, merge_types, table_batch
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (["a", "b"], "string"),
+        ([1, 2, None], "integer"),
+        ([1.5, 2], "numeric"),
+        ([Decimal("1.10")], "numeric"),
+        ([True, False], "boolean"),
+        (["2025-11-04T10:15:00Z", "2025-11-04 10:15:00+01:00"], "datetime"),
+        (["2025-11-04", "2025-11-05T00:00:00.123Z"], "datetime"),
+        (["2025-11-04", "2024-02-29"], "date"),
+        ([dt.datetime(2025, 1, 1, tzinfo=dt.UTC)], "datetime"),
+        ([dt.date(2025, 1, 1)], "date"),
+        ([{"a": 1}, [1, 2]], "json"),
+        ([None, None], "string"),
+        ([], "string"),
+        ([1, "x"], "string"),
+        ([True, 1], "string"),
+        (["2025-11-04", "soon"], "string"),
+    ],
+)
+def test_column_type(values: list[object], expected: str) -> None:
+    assert infer_column_type(values) == expected
+
+
+def test_merge_types_lattice() -> None:
+    assert merge_types(None, "integer") == "integer"
+    assert merge_types("integer", "numeric") == "numeric"
+    assert merge_types("date", "datetime") == "datetime"
+    assert merge_types("boolean", "integer") == "string"
+    assert merge_types("json", "string") == "string"
+
+
+def test_columns_in_order_of_first_appearance_with_primary_key() -> None:
+    schema = infer_schema([{"id": 1, "b": "x"}, {"id": 2, "c": 1.0}], ["id"])
+    assert [c.name for c in schema.columns] == ["id", "b", "c"]
+    assert schema.primary_key == ["id"]
+
+
+def test_table_batch_caps_samples_and_counts() -> None:
+    records = [{"id": i} for i in range(20)]
+    table = table_batch("t", records, primary_key=["id"], max_samples=8)
+    body = table.to_json()
+    assert len(body["samples"]) == 8
+    assert body["stats"] == {"total_count": 20, "sample_count": 8}
+    assert body["schema"]["primary_key"] == ["id"]
+    assert len(body["records"]) == 20
