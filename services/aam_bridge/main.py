@@ -7,6 +7,7 @@ import asyncio
 import structlog
 
 from aam_bridge.bridge import Bridge
+from aam_bridge.connectors.base import ConnectorConfig
 from aam_bridge.connectors.registry import create
 from aam_bridge.connectors_file import load_connectors
 from aam_dcl import __version__
@@ -20,9 +21,17 @@ DEFAULT_METRICS_PORT = 9101
 log = structlog.get_logger("aam_bridge")
 
 
-async def serve(settings: Settings, stopping: asyncio.Event) -> None:
-    """Run the bridge until its connectors are done or ``stopping`` is set."""
-    configs = load_connectors(settings.connectors_file, settings.tenant_id)
+async def serve(
+    settings: Settings,
+    stopping: asyncio.Event,
+    configs: list[ConnectorConfig] | None = None,
+) -> None:
+    """Run the bridge until its connectors are done or ``stopping`` is set.
+
+    ``configs`` defaults to AAM_CONNECTORS_FILE (or the built-in demo connectors).
+    """
+    if configs is None:
+        configs = load_connectors(settings.connectors_file, settings.tenant_id)
     connectors = [create(config) for config in configs]
     client = connect(settings)
     bridge = Bridge(settings, client, connectors, stopping)
