@@ -179,11 +179,13 @@ class _TableModel:
             first = block * _BLOCK
             idents = self._identity_block(block, min(first + _BLOCK, total))
             draw = Random(f"{self._key}:v0:{block}").random
-            for index in range(max(first, offset), first + len(idents)):
+            for index in range(first, first + len(idents)):
                 ident = idents[index - first]
                 created = ident[0]
                 modified = created + int(draw() * (EPOCH_MIN - created))
-                yield table.version(draw, index, ident, modified, 0)
+                record = table.version(draw, index, ident, modified, 0)
+                if index >= offset:  # rows before a resume point still advance the draws
+                    yield record
 
     def _changes(self, generation: int) -> list[Record]:
         before = self._size_after(generation - 1)
