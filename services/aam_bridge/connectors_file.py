@@ -157,11 +157,11 @@ def _entry(
     if raw_name is None:
         raise ConfigError(f"{label}: name is required ({NAME_RULE})")
     if not isinstance(raw_name, str):
-        raise fail("name", raw_name, NAME_RULE)
+        raise fail("name", raw_name, f"use {NAME_RULE}")
     try:
         name = validate_name(raw_name, "name")
     except ConfigError:
-        raise fail("name", raw_name, NAME_RULE) from None
+        raise fail("name", raw_name, f"use {NAME_RULE}") from None
 
     type_name = entry.get("type")
     known = ", ".join(registry.known_types())
