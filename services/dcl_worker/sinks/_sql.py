@@ -1,0 +1,193 @@
+"""What the SQL sinks share: store names, identifier rules, and a write planned per table.
+
+A write() is turned into one ``TableWrite`` per data table (all batches' parts of that
+table, in stream order) and, per table, a ``TableChange`` that says which DDL brings the
+stored table up to the incoming schema. The dialects only render SQL and move rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from aam_dcl.errors import SinkDataError
+from aam_dcl.messages import Batch, Record
+from aam_dcl.schema import infer_column_type, merge_types
+
+INBOX_TABLE = "_dcl_inbox"
+BATCH_ID_COLUMN = "_dcl_batch_id"
+INGESTED_AT_COLUMN = "_dcl_ingested_at"
+RESERVED_PREFIX = "_dcl_"  # the sink's own columns; payload columns may not use it
+MAX_IDENTIFIER_BYTES = 63  # PostgreSQL truncates longer names silently: reject instead
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def store_table_name(connector: str, table: str) -> str:
+    return f"{connector}__{table}"
+
+
+def _identifier_problem(name: str) -> str | None:
+    if not name:
+        return "is empty"
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if size > MAX_IDENTIFIER_BYTES:
+        return f"is longer than {MAX_IDENTIFIER_BYTES} bytes"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        return "contains control characters"
+    return None
+
+
+def check_table_name(name: str, batch_id: str) -> None:
+    problem = _identifier_problem(name)
+    if problem is not None:
+        raise SinkDataError(f"batch {batch_id}: table name {name!r} {problem}; cannot store it")
+
+
+def check_column_name(table: str, column: str, batch_id: str) -> None:
+    problem = _identifier_problem(column)
+    if problem is None and column.startswith(RESERVED_PREFIX):
+        problem = f"starts with the reserved prefix {RESERVED_PREFIX!r}"
+    if problem is not None:
+        raise SinkDataError(
+            f"batch {batch_id}: table {table}: column name {column!r} {problem}; cannot store it"
+        )
+
+
+@dataclass(slots=True)
+class TablePart:
+    """One batch's records for one table."""
+
+    batch_id: str
+    records: list[Record]
+
+
+@dataclass(slots=True)
+class TableWrite:
+    """Everything one write() does to one data table."""
+
+    table: str  # the store's table name, {connector}__{table}
+    columns: dict[str, str]  # column -> incoming logical type, first-seen order
+    primary_key: list[str]
+    parts: list[TablePart] = field(default_factory=list)  # non-empty parts, stream order
+    batch_ids: list[str] = field(default_factory=list)  # every contributing batch
+
+    @property
+    def row_count(self) -> int:
+        return sum(len(p.records) for p in self.parts)
+
+    def where(self, column: str | None = None) -> str:
+        """'batch X, table T, column C' for error messages (the batch when there is one)."""
+        ids = self.batch_ids
+        batches = (
+            f"batch {ids[0]}"
+            if len(ids) == 1
+            else f"batches {', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}"
+        )
+        return f"{batches}: table {self.table}" + (f": column {column}" if column else "")
+
+    def batch_of_row(self, index: int) -> str:
+        for part in self.parts:
+            if index < len(part.records):
+                return part.batch_id
+            index -= len(part.records)
+        return self.batch_ids[-1]
+
+
+@dataclass(slots=True)
+class TableInfo:
+    """A stored table as the sink knows it: column -> logical type, and its primary key."""
+
+    columns: dict[str, str]
+    primary_key: list[str]
+
+
+@dataclass(slots=True)
+class TableChange:
+    """The DDL that brings a stored table up to a write's columns."""
+
+    create: bool
+    add: dict[str, str]  # new column -> logical type
+    widen: dict[str, str]  # existing column -> wider logical type
+    info: TableInfo  # the table after the change
+
+    @property
+    def needed(self) -> bool:
+        return self.create or bool(self.add) or bool(self.widen)
+
+
+def plan_writes(batches: Iterable[Batch]) -> list[TableWrite]:
+    """Group batches' tables by store table (sorted by name, so locks are taken in one order)."""
+    writes: dict[str, TableWrite] = {}
+    for batch in batches:
+        for tb in batch.tables:
+            name = store_table_name(batch.connector, tb.name)
+            check_table_name(name, batch.batch_id)
+            tw = writes.get(name)
+            if tw is None:
+                tw = writes[name] = TableWrite(name, {}, [])
+            tw.batch_ids.append(batch.batch_id)
+            for col in tb.schema.columns:
+                check_column_name(name, col.name, batch.batch_id)
+                tw.columns[col.name] = merge_types(tw.columns.get(col.name), col.type)
+            if tb.schema.primary_key and not tw.primary_key:
+                tw.primary_key = list(tb.schema.primary_key)
+            if tb.records:
+                _add_undeclared_columns(tw, tb.records, batch.batch_id)
+                tw.parts.append(TablePart(batch.batch_id, tb.records))
+            for key in tw.primary_key:
+                if key not in tw.columns:
+                    raise SinkDataError(
+                        f"batch {batch.batch_id}: table {name}: primary key column {key!r} "
+                        "is not among the schema's columns"
+                    )
+    return [writes[name] for name in sorted(writes)]
+
+
+def _add_undeclared_columns(tw: TableWrite, records: list[Record], batch_id: str) -> None:
+    """Fields that records carry but the schema does not declare are kept, typed by inference."""
+    seen: set[str] = set().union(*records)
+    for name in seen.difference(tw.columns):
+        check_column_name(tw.table, name, batch_id)
+        found = infer_column_type([r.get(name) for r in records])
+        tw.columns[name] = merge_types(tw.columns.get(name), found)
+
+
+def plan_change(
+    existing: TableInfo | None, columns: dict[str, str], primary_key: Sequence[str]
+) -> TableChange:
+    """Create, add columns, widen types (never narrow): what a write needs from the table."""
+    if existing is None:
+        return TableChange(True, dict(columns), {}, TableInfo(dict(columns), list(primary_key)))
+    add: dict[str, str] = {}
+    widen: dict[str, str] = {}
+    after = dict(existing.columns)
+    for name, incoming in columns.items():
+        stored = existing.columns.get(name)
+        if stored is None:
+            add[name] = after[name] = incoming
+            continue
+        wider = merge_types(stored, incoming)
+        if wider != stored:
+            widen[name] = after[name] = wider
+    return TableChange(False, add, widen, TableInfo(after, list(existing.primary_key)))
+
+
+def unique_batches(batches: Sequence[Batch]) -> list[Batch]:
+    """First occurrence of each id: an id repeated within one call is applied once."""
+    seen: set[str] = set()
+    out: list[Batch] = []
+    for batch in batches:
+        if batch.batch_id not in seen:
+            seen.add(batch.batch_id)
+            out.append(batch)
+    return out

@@ -1,0 +1,414 @@
+"""``postgresql://`` / ``postgres://``: the production DCL store, through an asyncpg pool.
+
+One write() is one transaction. The inbox rows go first (``INSERT ... ON CONFLICT DO
+NOTHING RETURNING``: a second writer of the same batch waits on the first one's row lock,
+then finds the row and skips the batch). Then, per table, the rows are COPYed into a temp
+staging table and merged with ``INSERT ... SELECT DISTINCT ON ... ON CONFLICT DO UPDATE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Sequence
+from itertools import chain, repeat
+from operator import methodcaller
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+import orjson
+
+from aam_dcl.errors import ConfigError, SinkDataError, SinkError, SinkUnavailable
+from aam_dcl.messages import Batch, Record
+from dcl_worker.sinks._sql import (
+    BATCH_ID_COLUMN,
+    INBOX_TABLE,
+    INGESTED_AT_COLUMN,
+    RESERVED_PREFIX,
+    TableChange,
+    TableInfo,
+    TableWrite,
+    check_table_name,
+    plan_change,
+    plan_writes,
+    quote_ident,
+    unique_batches,
+)
+from dcl_worker.sinks.base import Sink
+
+TYPES = {
+    "string": "text",
+    "integer": "bigint",
+    "numeric": "double precision",
+    "boolean": "boolean",
+    "datetime": "timestamp with time zone",
+    "date": "date",
+    "json": "jsonb",
+}
+_FROM_STORE = {sql: logical for logical, sql in TYPES.items()}
+# What the staging table holds: types asyncpg encodes straight from JSON-decoded values.
+# datetime, date and json travel as text and the server casts them (and reads the offsets).
+_STAGE = {**TYPES, "datetime": "text", "date": "text", "json": "text"}
+_NONE = type(None)
+# Python types a staged column takes without conversion; anything else goes through _CONVERT.
+_NATIVE: dict[str, frozenset[type]] = {
+    "string": frozenset({str, _NONE}),
+    "integer": frozenset({int, _NONE}),
+    "numeric": frozenset({int, float, _NONE}),
+    "boolean": frozenset({bool, _NONE}),
+    "datetime": frozenset({str, _NONE}),
+    "date": frozenset({str, _NONE}),
+    "json": frozenset({_NONE}),
+}
+# SQLSTATE classes that mean "the store is not usable now", not "this data is bad":
+# connection, transaction rollback (deadlock), resources, operator intervention,
+# object not in prerequisite state (lock timeout), system and internal errors.
+_UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58", "XX"})
+CONNECT_TIMEOUT_S = 10.0
+POOL_MAX_SIZE = 10
+
+
+def parse_postgres_url(url: str) -> tuple[str, str]:
+    """(asyncpg DSN, target schema); ``?schema=`` picks the schema (default ``public``)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for key, value in query if key == "schema"]
+    schema = schemas[-1] if schemas else "public"
+    try:
+        check_table_name(schema, "-")
+    except SinkDataError:
+        raise ConfigError(
+            f"DCL_SINK_URL has an invalid schema={schema!r}: use 1-63 bytes without control "
+            "characters"
+        ) from None
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+class PostgresSink(Sink):
+    scheme = "postgresql"
+
+    def __init__(self, url: str, tenant: str) -> None:
+        super().__init__(url, tenant)
+        self._dsn, self.schema = parse_postgres_url(url)
+        self._pool: asyncpg.Pool | None = None
+        self._tables: dict[str, TableInfo] = {}  # committed knowledge only
+
+    def _name(self, table: str) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(table)}"
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=POOL_MAX_SIZE,
+                timeout=CONNECT_TIMEOUT_S,
+                server_settings={"timezone": "UTC", "application_name": "dcl-worker"},
+            )
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise SinkUnavailable(f"cannot connect to PostgreSQL ({self._where()}): {exc}") from exc
+        try:
+            async with pool.acquire() as con, con.transaction():
+                # Several workers may start at once; CREATE ... IF NOT EXISTS races otherwise.
+                await con.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    f"aam-dcl:open:{self.schema}",
+                )
+                await con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
+                await con.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self._name(INBOX_TABLE)} ("
+                    "batch_id text PRIMARY KEY, tenant text, connector text, "
+                    "applied_at timestamptz, record_count int)"
+                )
+        except BaseException as exc:
+            await pool.close()
+            raise self._translate(exc, "cannot prepare the inbox") from exc
+        self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        self._tables.clear()
+        if pool is not None:
+            await pool.close()
+
+    async def ping(self) -> None:
+        pool = self._require_pool()
+        try:
+            async with pool.acquire() as con:
+                await con.execute("SELECT 1")
+        except BaseException as exc:
+            raise self._translate(exc, "ping failed") from exc
+
+    async def count_rows(self) -> dict[str, int]:
+        """Rows per data table of the schema (the inbox excluded)."""
+        pool = self._require_pool()
+        try:
+            async with pool.acquire() as con:
+                names = await con.fetch(
+                    "SELECT c.relname FROM pg_class c "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 "
+                    "AND c.relkind IN ('r', 'p') AND c.relname <> $2 "
+                    "ORDER BY 1",
+                    self.schema,
+                    INBOX_TABLE,
+                )
+                return {
+                    r[0]: int(await con.fetchval(f"SELECT count(*) FROM {self._name(r[0])}"))
+                    for r in names
+                }
+        except BaseException as exc:
+            raise self._translate(exc, "counting rows") from exc
+
+    def _require_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise SinkUnavailable("the PostgreSQL sink is not open: call open() first")
+        return self._pool
+
+    def _where(self) -> str:
+        parts = urlsplit(self._dsn)
+        return f"{parts.hostname}:{parts.port or 5432}{parts.path}, schema {self.schema}"
+
+    def _translate(self, exc: BaseException, what: str) -> BaseException:
+        """Our error tree for a foreign exception; anything else is returned unchanged."""
+        if isinstance(exc, SinkError):
+            return exc
+        if isinstance(exc, asyncpg.PostgresError):
+            state = str(getattr(exc, "sqlstate", "") or "")
+            if state[:2] in _UNAVAILABLE_CLASSES:
+                return SinkUnavailable(f"PostgreSQL ({self._where()}): {what}: {exc}")
+            return SinkDataError(f"PostgreSQL rejected the write: {what}: {exc}")
+        if isinstance(exc, OSError | asyncio.TimeoutError | asyncpg.InterfaceError):
+            return SinkUnavailable(f"PostgreSQL ({self._where()}): {what}: {exc!r}")
+        return exc
+
+    # --- writing --------------------------------------------------------------------------
+
+    async def write(self, batches: Sequence[Batch]) -> set[str]:
+        todo = unique_batches(batches)
+        if not todo:
+            return set()
+        pool = self._require_pool()
+        known: dict[str, TableInfo] = {}
+        ids = [b.batch_id for b in todo]
+        try:
+            async with pool.acquire() as con, con.transaction():
+                inserted = await con.fetch(
+                    f"INSERT INTO {self._name(INBOX_TABLE)} "
+                    "(batch_id, tenant, connector, applied_at, record_count) "
+                    "SELECT b, $2, c, now(), n FROM unnest($1::text[], $3::text[], $4::int[]) "
+                    "AS u(b, c, n) ORDER BY b "  # one lock order for every writer
+                    "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
+                    ids,
+                    self.tenant,
+                    [b.connector for b in todo],
+                    [b.record_count for b in todo],
+                )
+                applied = {row[0] for row in inserted}
+                fresh = [b for b in todo if b.batch_id in applied]
+                for n, tw in enumerate(plan_writes(fresh)):
+                    known[tw.table] = await self._apply(con, tw, n)
+        except BaseException as exc:
+            raise self._translate(exc, f"writing batches {', '.join(ids[:3])}") from exc
+        self._tables.update(known)
+        return set(ids) - applied
+
+    async def _apply(self, con: asyncpg.Connection, tw: TableWrite, n: int) -> TableInfo:
+        info = self._tables.get(tw.table)
+        change = plan_change(info, tw.columns, tw.primary_key)
+        if info is None or change.needed:
+            # Serialise DDL on this table across workers, then decide on the current catalog.
+            await con.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                f"aam-dcl:{self.schema}.{tw.table}",
+            )
+            change = plan_change(await self._read_table(con, tw.table), tw.columns, tw.primary_key)
+            if change.needed:
+                await self._alter(con, tw.table, change)
+        if tw.parts:
+            await self._insert(con, tw, change.info, f"_dcl_stage_{n}")
+        return change.info
+
+    async def _read_table(self, con: asyncpg.Connection, table: str) -> TableInfo | None:
+        rows = await con.fetch(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type, "
+            "array_position(i.indkey::int2[], a.attnum) AS key_pos "
+            "FROM pg_attribute a LEFT JOIN pg_index i "
+            "ON i.indrelid = a.attrelid AND i.indisprimary "
+            "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped "
+            "ORDER BY a.attnum",
+            self._name(table),
+        )
+        if not rows:
+            return None
+        columns = {
+            r["attname"]: _FROM_STORE.get(r["type"], "string")
+            for r in rows
+            if not r["attname"].startswith(RESERVED_PREFIX)
+        }
+        keyed = sorted((r["key_pos"], r["attname"]) for r in rows if r["key_pos"] is not None)
+        return TableInfo(columns, [name for _, name in keyed])
+
+    async def _alter(self, con: asyncpg.Connection, table: str, change: TableChange) -> None:
+        name = self._name(table)
+        if change.create:
+            info = change.info
+            defs = [f"{quote_ident(c)} {TYPES[t]}" for c, t in info.columns.items()]
+            defs += [f"{BATCH_ID_COLUMN} text", f"{INGESTED_AT_COLUMN} timestamptz"]
+            if info.primary_key:
+                defs.append(f"PRIMARY KEY ({', '.join(map(quote_ident, info.primary_key))})")
+            await con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(defs)})")
+            return
+        steps = [
+            f"ADD COLUMN IF NOT EXISTS {quote_ident(c)} {TYPES[t]}" for c, t in change.add.items()
+        ]
+        steps += [
+            f"ALTER COLUMN {quote_ident(c)} TYPE {TYPES[t]} USING {quote_ident(c)}::{TYPES[t]}"
+            for c, t in change.widen.items()
+        ]
+        await con.execute(f"ALTER TABLE {name} {', '.join(steps)}")
+
+    async def _insert(
+        self, con: asyncpg.Connection, tw: TableWrite, info: TableInfo, stage: str
+    ) -> None:
+        columns = list(dict.fromkeys([*tw.columns, *info.primary_key]))
+        logical = {c: info.columns.get(c, "string") for c in columns}
+        records: list[Record] = list(chain.from_iterable(p.records for p in tw.parts))
+        values = [_column_values(tw, records, c, logical[c]) for c in columns]
+        batch_ids = list(chain.from_iterable(repeat(p.batch_id, len(p.records)) for p in tw.parts))
+        defs = [f"{quote_ident(c)} {_STAGE[logical[c]]}" for c in columns]
+        # asyncpg caches the column types COPY encodes for, by table name: a staging table of
+        # another shape must never reuse a name, so the name carries a digest of its shape.
+        stage = f"{stage}_{hashlib.blake2b(repr(defs).encode(), digest_size=8).hexdigest()}"
+        await con.execute(
+            f"CREATE TEMP TABLE {stage} ({', '.join(defs)}, "
+            f"{BATCH_ID_COLUMN} text, _dcl_seq integer) ON COMMIT DROP"
+        )
+        try:
+            await con.copy_records_to_table(
+                stage, records=zip(*values, batch_ids, range(len(records)), strict=True)
+            )
+        except (TypeError, ValueError, OverflowError) as exc:  # asyncpg could not encode a value
+            raise SinkDataError(
+                f"{tw.where()}: a value cannot be sent to PostgreSQL: {exc}"
+            ) from exc
+
+        exprs = {c: _expr(c, logical[c]) for c in columns}
+        names = ", ".join(map(quote_ident, columns))
+        select = ", ".join(exprs[c] for c in columns)
+        meta = f"{BATCH_ID_COLUMN}, {INGESTED_AT_COLUMN}"
+        sql = f"INSERT INTO {self._name(tw.table)} ({names}, {meta}) "
+        pk = info.primary_key
+        if pk:
+            keys = ", ".join(exprs[c] for c in pk)
+            updates = [c for c in columns if c not in pk] + [BATCH_ID_COLUMN, INGESTED_AT_COLUMN]
+            sql += (
+                f"SELECT DISTINCT ON ({keys}) {select}, s.{BATCH_ID_COLUMN}, now() FROM {stage} s "
+                f"ORDER BY {keys}, s._dcl_seq DESC "
+                f"ON CONFLICT ({', '.join(map(quote_ident, pk))}) DO UPDATE SET "
+                + ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in updates)
+            )
+        else:
+            sql += f"SELECT {select}, s.{BATCH_ID_COLUMN}, now() FROM {stage} s"
+        try:
+            async with con.transaction():  # a savepoint, so a failure can be diagnosed
+                await con.execute(sql)
+        except asyncpg.PostgresError as exc:
+            if str(exc.sqlstate)[:2] in _UNAVAILABLE_CLASSES:
+                raise
+            raise await _rejected(con, tw, stage, logical, exc) from exc
+
+
+def _expr(column: str, logical: str) -> str:
+    ref = f"s.{quote_ident(column)}"
+    return ref if _STAGE[logical] == TYPES[logical] else f"{ref}::{TYPES[logical]}"
+
+
+async def _rejected(
+    con: asyncpg.Connection,
+    tw: TableWrite,
+    stage: str,
+    logical: dict[str, str],
+    exc: asyncpg.PostgresError,
+) -> SinkError:
+    """Name the column whose values the server could not cast (one probe per cast column)."""
+    for column, kind in logical.items():
+        if _STAGE[kind] == TYPES[kind]:
+            continue
+        try:
+            async with con.transaction():
+                await con.execute(f"SELECT count({_expr(column, kind)}) FROM {stage} s")
+        except asyncpg.DataError as probe:
+            return SinkDataError(f"{tw.where(column)}: not a valid {TYPES[kind]}: {probe}")
+    return SinkDataError(f"{tw.where()}: PostgreSQL rejected the rows: {exc}")
+
+
+def _to_text(value: Any) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        return int(value)
+    raise TypeError(f"{value!r} is not an integer")
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, str):
+        return float(value)
+    raise TypeError(f"{value!r} is not a number")
+
+
+def _to_bool(value: Any) -> bool:
+    raise TypeError(f"{value!r} is not a boolean")
+
+
+def _to_temporal(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    isoformat = getattr(value, "isoformat", None)  # datetime/date from an in-process producer
+    if isoformat is None or isinstance(value, bool | int | float):
+        raise TypeError(f"{value!r} is not an ISO 8601 date or time")
+    return str(isoformat())
+
+
+def _to_json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "string": _to_text,
+    "integer": _to_int,
+    "numeric": _to_float,
+    "boolean": _to_bool,
+    "datetime": _to_temporal,
+    "date": _to_temporal,
+    "json": _to_json,
+}
+
+
+def _column_values(tw: TableWrite, records: list[Record], column: str, logical: str) -> list[Any]:
+    """One column's values as the staging table takes them; checks types once per column."""
+    values: list[Any] = list(map(methodcaller("get", column), records))
+    if set(map(type, values)) <= _NATIVE[logical]:
+        return values  # the common case: no per-value work
+    return [_convert_one(tw, column, logical, i, v) for i, v in enumerate(values)]
+
+
+def _convert_one(tw: TableWrite, column: str, logical: str, index: int, value: Any) -> Any:
+    if type(value) in _NATIVE[logical]:
+        return value
+    try:
+        return _CONVERT[logical](value)
+    except (TypeError, ValueError) as exc:
+        raise SinkDataError(
+            f"batch {tw.batch_of_row(index)}: table {tw.table}: column {column}: "
+            f"{value!r} cannot be stored as {TYPES[logical]}: {exc}"
+        ) from exc
