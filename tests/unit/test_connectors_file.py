@@ -340,3 +340,22 @@ def test_registry_prefixes_option_errors_with_the_connector_name() -> None:
     """A connector's own option error says which connector it belongs to."""
     with pytest.raises(ConfigError, match=r"connector 'x': options.page_size=0 is invalid"):
         registry.create(ConnectorConfig("x", "demo", "x-1", options={"page_size": 0}))
+
+
+def test_the_example_in_docs_connectors_md_loads(tmp_path: Path) -> None:
+    """docs/connectors.md's connectors-file example is valid (docs that run)."""
+    docs = Path(__file__).parents[2] / "docs" / "connectors.md"
+    text = docs.read_text().split("loads this example -->\n```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "connectors.yaml"
+    path.write_text(text)
+    salesforce, hubspot = load_connectors(path, TENANT, env={})
+    assert (salesforce.name, salesforce.schedule_s, salesforce.options["records"]) == (
+        "salesforce",
+        300.0,
+        5000,
+    )
+    assert (hubspot.name, hubspot.schedule_s, hubspot.connector_config_id) == (
+        "hubspot-eu",
+        None,
+        "hubspot-eu-acme",
+    )
