@@ -51,7 +51,9 @@ class RedactedOptions(dict[str, Any]):
     top-level options whose value came from ``${VAR}`` substitution.
     """
 
-    def __init__(self, values: Mapping[str, Any], substituted: frozenset[str] = frozenset()):
+    def __init__(
+        self, values: Mapping[str, Any], substituted: frozenset[str] = frozenset()
+    ) -> None:
         super().__init__(values)
         self.substituted = substituted
 

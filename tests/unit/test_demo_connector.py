@@ -306,6 +306,7 @@ async def test_expected_state_after_zero_generations_is_the_full_read() -> None:
     ("options", "message"),
     [
         ({"flavor": "zoho"}, "options.flavor='zoho' is invalid: use one of salesforce, hubspot"),
+        ({"flavor": ["hubspot"]}, "options.flavor=['hubspot'] is invalid"),
         ({"records": -1}, "options.records=-1 is invalid: use an integer >= 0"),
         ({"records": "many"}, "options.records='many' is invalid"),
         ({"seed": 1.5}, "options.seed=1.5 is invalid: use an integer"),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Iterator, Mapping
+from itertools import islice
 from random import Random
 from typing import Any
 
@@ -61,9 +62,10 @@ class DemoConnector(Connector):
                 f"options.{unknown[0]} is unknown: the demo connector takes " + ", ".join(_OPTIONS)
             )
         default_flavor = config.name if config.name in FLAVORS else "salesforce"
-        self.flavor: str = opts.get("flavor", default_flavor)
-        if self.flavor not in FLAVORS:
-            _bad("flavor", self.flavor)
+        flavor = opts.get("flavor", default_flavor)
+        if not isinstance(flavor, str) or flavor not in FLAVORS:
+            _bad("flavor", flavor)
+        self.flavor: str = flavor
         self.records = _int_option(opts, "records", 1000, minimum=0)
         self.seed = _int_option(opts, "seed", 1, minimum=None)
         self.page_size = _int_option(opts, "page_size", 500, minimum=1)
@@ -148,7 +150,7 @@ class _TableModel:
         start = offset
         while True:
             end = min(start + page_size, total)
-            records = [next(rows) for _ in range(end - start)]
+            records = list(islice(rows, end - start))
             cursor = f"g{generation}" if end == total else f"g{generation}@{end}"
             yield Page(records, cursor)
             if end == total:
