@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from aam_dcl.local_server import LocalServer, start_local_server
+from aam_dcl.logs import configure_logging
 
 PG_ADMIN_DSN = os.environ.get("AAM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -63,3 +64,9 @@ async def pg_dsn() -> AsyncIterator[str]:
 @pytest.fixture
 def duckdb_url(tmp_path: Path) -> str:
     return f"duckdb://{tmp_path / 'dcl.duckdb'}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def quiet_logs() -> None:
+    """In-process daemons log warnings and errors only (pytest shows them on failure)."""
+    configure_logging("WARNING", "console")

@@ -79,7 +79,8 @@ async def drained(client: aioredis.Redis, tenant: str = "default") -> bool:
     found = False
     async for key in client.scan_iter(match=keys.stream_pattern(tenant), _type="stream"):
         found = True
-        for group in await client.xinfo_groups(key):
-            if group["pending"] or group["lag"]:
-                return False
+        groups = {g["name"].decode(): g for g in await client.xinfo_groups(key)}
+        group = groups.get(keys.group(tenant))
+        if group is None or group["pending"] or group["lag"] != 0:
+            return False
     return found
