@@ -87,8 +87,10 @@ def config_check() -> None:
 
 
 @main.command()
-@click.option("--records", default=2000, show_default=True, help="Base rows per demo table.")
-@click.option("--runs", default=2, show_default=True, help="Sync runs per connector (2+ = incremental).")
+@click.option("--records", default=5000, show_default=True, help="Base rows per demo table.")
+@click.option(
+    "--runs", default=2, show_default=True, help="Sync runs per connector (2+ = incremental)."
+)
 def demo(records: int, runs: int) -> None:
     """Run the whole pipeline on embedded defaults and show what landed in the DCL store.
 

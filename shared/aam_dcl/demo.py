@@ -64,7 +64,9 @@ async def run_demo(settings: Settings, *, records: int, runs: int) -> int:
     async with demo_redis(settings) as settings:
         click.echo(f"redis: {redacted_url(settings.effective_redis_url)}")
         click.echo(f"store: {redacted_url(settings.sink_url)}")
-        click.echo(f"tenant: {settings.tenant_id}, {runs} sync runs of {', '.join(DEMO_CONNECTORS)}")
+        click.echo(
+            f"tenant: {settings.tenant_id}, {runs} sync runs of {', '.join(DEMO_CONNECTORS)}"
+        )
         stop_worker = asyncio.Event()
         worker = asyncio.create_task(serve_worker(settings, stop_worker))
         started = time.monotonic()
@@ -108,10 +110,13 @@ async def run_demo(settings: Settings, *, records: int, runs: int) -> int:
         click.echo(f"  {table:<32} {count:>8,}")
     if settings.sink_url.startswith("duckdb://"):
         path = settings.sink_url.removeprefix("duckdb://")
+        query = (
+            "SELECT stage, count(*), round(sum(amount)) FROM salesforce__opportunities GROUP BY 1"
+        )
         click.echo("\nquery it:")
         click.echo(
-            f"  .venv/bin/python -c \"import duckdb; print(duckdb.connect('{path}', read_only=True)"
-            ".sql('SELECT stage, count(*), sum(amount) FROM salesforce__opportunities GROUP BY 1'))\""
+            f'.venv/bin/python -c "import duckdb; '
+            f"duckdb.connect('{path}', read_only=True).sql('{query}').show()\""
         )
     return 0
 
@@ -130,6 +135,8 @@ def _total(metric: object, **match: str) -> float:
     total = 0.0
     for family in metric.collect():  # type: ignore[attr-defined]
         for sample in family.samples:
-            if sample.name.endswith("_total") and all(sample.labels.get(k) == v for k, v in match.items()):
+            if sample.name.endswith("_total") and all(
+                sample.labels.get(k) == v for k, v in match.items()
+            ):
                 total += sample.value
     return total

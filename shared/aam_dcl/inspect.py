@@ -15,7 +15,9 @@ from aam_dcl.redis_conn import connect
 async def list_streams(client: aioredis.Redis, tenant: str) -> list[str]:
     """Connector names with a stream of this tenant (SCAN aam:dcl:{tenant}:*)."""
     names = []
-    async for key in client.scan_iter(match=keys.stream_pattern(tenant), count=1000, _type="stream"):
+    async for key in client.scan_iter(
+        match=keys.stream_pattern(tenant), count=1000, _type="stream"
+    ):
         name = keys.connector_of_stream(tenant, key.decode())
         if name:
             names.append(name)
@@ -54,12 +56,16 @@ async def stream_status(client: aioredis.Redis, tenant: str, connector: str) -> 
     }
 
 
-async def collect_status(settings: Settings, client: aioredis.Redis | None = None) -> dict[str, Any]:
+async def collect_status(
+    settings: Settings, client: aioredis.Redis | None = None
+) -> dict[str, Any]:
     own = client is None
     client = client or connect(settings)
     try:
         tenant = settings.tenant_id
-        streams = [await stream_status(client, tenant, c) for c in await list_streams(client, tenant)]
+        streams = [
+            await stream_status(client, tenant, c) for c in await list_streams(client, tenant)
+        ]
         processed = keys.processed_set(tenant)
         return {
             "tenant": tenant,
