@@ -4,6 +4,8 @@ port, scraping the targets it is given, with its storage in a temporary folder.
     with running_prometheus(tmp_path, {"dcl-worker": ["127.0.0.1:9102"]}) as prom:
         prom.wait_for('up{job="dcl-worker"} == 1')
         prom.query("dcl_worker_group_lag")
+        prom.value('sum(dcl_worker_records_total{outcome="processed"})')
+        prom.rules()  # loaded alert/recording rules with their health
 
 The `prometheus_server` fixture in conftest.py wraps `running_prometheus`.
 """
@@ -92,6 +94,24 @@ class PrometheusServer:
             raise AssertionError(f"query {promql!r} failed: {body}")
         result: list[Sample] = body["data"]["result"]
         return result
+
+    def value(self, promql: str) -> float | None:
+        """The value of a query that yields at most one sample (None when it yields none)."""
+        result = self.query(promql)
+        if len(result) > 1:
+            raise AssertionError(f"{promql!r} yields {len(result)} samples, expected one: {result}")
+        return float(result[0]["value"][1]) if result else None
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Every rule Prometheus loaded (/api/v1/rules), each with its group's name as `group`."""
+        body = self._get("/api/v1/rules")
+        if body.get("status") != "success":
+            raise AssertionError(f"/api/v1/rules failed: {body}")
+        return [
+            {**rule, "group": group["name"]}
+            for group in body["data"]["groups"]
+            for rule in group["rules"]
+        ]
 
     def wait_for(
         self,
