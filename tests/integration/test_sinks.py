@@ -489,6 +489,25 @@ async def test_postgres_concurrent_same_batch_from_two_sinks_applies_once(pg_dsn
         await second.close()
 
 
+async def test_postgres_sink_with_an_older_view_of_a_widened_table(pg_dsn: str) -> None:
+    """Worker B widens a column (integer -> string) that worker A still knows as integer:
+    A's next write converts instead of sending int8 into a text column."""
+    schema = f"s_{uuid.uuid4().hex[:10]}"
+    a, b = new_postgres_sink(pg_dsn, schema), new_postgres_sink(pg_dsn, schema)
+    await a.open()
+    await b.open()
+    try:
+        await a.write([batch("crm_1_1", [{"id": 1, "amount": 5}], primary_key=[])])
+        await b.write([batch("crm_1_2", [{"id": 2, "amount": "n/a"}], primary_key=[])])
+        await a.write([batch("crm_1_3", [{"id": 3, "amount": 7}], primary_key=[])])
+        await a.write([batch("crm_1_4", [{"id": 4, "amount": 8}])])  # keyed: no PK on table
+        rows = await Store(a, pg_dsn).rows()
+        assert [r["amount"] for r in rows] == ["5", "n/a", "7", "8"]
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_postgres_schema_from_url_is_created(pg_dsn: str) -> None:
     """``?schema=`` selects (and creates) the target schema; the DSN handed to asyncpg loses it."""
     schema = f"s_{uuid.uuid4().hex[:10]}"

@@ -7,6 +7,7 @@ stored table up to the incoming schema. The dialects only render SQL and move ro
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ def store_table_name(connector: str, table: str) -> str:
     return f"{connector}__{table}"
 
 
+@functools.lru_cache(maxsize=4096)  # the same few names recur in every batch
 def _identifier_problem(name: str) -> str | None:
     if not name:
         return "is empty"

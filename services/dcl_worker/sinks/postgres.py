@@ -9,6 +9,7 @@ staging table and merged with ``INSERT ... SELECT DISTINCT ON ... ON CONFLICT DO
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 from collections.abc import Callable, Sequence
 from itertools import chain, repeat
@@ -67,6 +68,7 @@ _NATIVE: dict[str, frozenset[type]] = {
 _UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58", "XX"})
 CONNECT_TIMEOUT_S = 10.0
 POOL_MAX_SIZE = 10
+DIRECT_RETRY_WRITES = 16
 
 
 def parse_postgres_url(url: str) -> tuple[str, str]:
@@ -94,6 +96,7 @@ class PostgresSink(Sink):
         self._dsn, self.schema = parse_postgres_url(url)
         self._pool: asyncpg.Pool | None = None
         self._tables: dict[str, TableInfo] = {}  # committed knowledge only
+        self._skip_direct: dict[str, int] = {}  # table -> writes left on the staging path
 
     def _name(self, table: str) -> str:
         return f"{quote_ident(self.schema)}.{quote_ident(table)}"
@@ -110,6 +113,11 @@ class PostgresSink(Sink):
                 max_size=POOL_MAX_SIZE,
                 timeout=CONNECT_TIMEOUT_S,
                 server_settings={"timezone": "UTC", "application_name": "dcl-worker"},
+                # COPY encodes by the column types asyncpg introspected; a cached introspection
+                # goes stale when another worker widens a column (binary COPY would then send
+                # an int8 into a float8 column). Writes run a handful of statements, so never
+                # caching costs little.
+                statement_cache_size=0,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise SinkUnavailable(f"cannot connect to PostgreSQL ({self._where()}): {exc}") from exc
@@ -203,7 +211,7 @@ class PostgresSink(Sink):
                     "(batch_id, tenant, connector, applied_at, record_count) "
                     "SELECT b, $2, c, now(), n FROM unnest($1::text[], $3::text[], $4::int[]) "
                     "AS u(b, c, n) ORDER BY b "  # one lock order for every writer
-                    "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
+                    "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id, applied_at",
                     ids,
                     self.tenant,
                     [b.connector for b in todo],
@@ -212,13 +220,15 @@ class PostgresSink(Sink):
                 applied = {row[0] for row in inserted}
                 fresh = [b for b in todo if b.batch_id in applied]
                 for n, tw in enumerate(plan_writes(fresh)):
-                    known[tw.table] = await self._apply(con, tw, n)
+                    known[tw.table] = await self._apply(con, tw, n, inserted[0][1])
         except BaseException as exc:
             raise self._translate(exc, f"writing batches {', '.join(ids[:3])}") from exc
         self._tables.update(known)
         return set(ids) - applied
 
-    async def _apply(self, con: asyncpg.Connection, tw: TableWrite, n: int) -> TableInfo:
+    async def _apply(
+        self, con: asyncpg.Connection, tw: TableWrite, n: int, now: dt.datetime
+    ) -> TableInfo:
         info = self._tables.get(tw.table)
         change = plan_change(info, tw.columns, tw.primary_key)
         if info is None or change.needed:
@@ -231,7 +241,7 @@ class PostgresSink(Sink):
             if change.needed:
                 await self._alter(con, tw.table, change)
         if tw.parts:
-            await self._insert(con, tw, change.info, f"_dcl_stage_{n}")
+            await self._insert(con, tw, change.info, f"_dcl_stage_{n}", now)
         return change.info
 
     async def _read_table(self, con: asyncpg.Connection, table: str) -> TableInfo | None:
@@ -274,13 +284,17 @@ class PostgresSink(Sink):
         await con.execute(f"ALTER TABLE {name} {', '.join(steps)}")
 
     async def _insert(
-        self, con: asyncpg.Connection, tw: TableWrite, info: TableInfo, stage: str
+        self, con: asyncpg.Connection, tw: TableWrite, info: TableInfo, stage: str, now: dt.datetime
     ) -> None:
         columns = list(dict.fromkeys([*tw.columns, *info.primary_key]))
         logical = {c: info.columns.get(c, "string") for c in columns}
         records: list[Record] = list(chain.from_iterable(p.records for p in tw.parts))
         values = [_column_values(tw, records, c, logical[c]) for c in columns]
         batch_ids = list(chain.from_iterable(repeat(p.batch_id, len(p.records)) for p in tw.parts))
+        if await self._copy_direct(
+            con, tw.table, info.primary_key, logical, values, batch_ids, now
+        ):
+            return
         defs = [f"{quote_ident(c)} {_STAGE[logical[c]]}" for c in columns]
         # asyncpg caches the column types COPY encodes for, by table name: a staging table of
         # another shape must never reuse a name, so the name carries a digest of its shape.
@@ -322,6 +336,73 @@ class PostgresSink(Sink):
             if str(exc.sqlstate)[:2] in _UNAVAILABLE_CLASSES:
                 raise
             raise await _rejected(con, tw, stage, logical, exc) from exc
+
+    async def _copy_direct(
+        self,
+        con: asyncpg.Connection,
+        table: str,
+        pk: list[str],
+        logical: dict[str, str],
+        values: list[list[Any]],
+        batch_ids: list[str],
+        now: dt.datetime,
+    ) -> bool:
+        """COPY straight into the table when no row conflicts: about twice as fast as staging.
+
+        Tried for appends, and for upserts whose keys are unique within the write: if a key is
+        already stored, the COPY fails on the primary key and the savepoint is rolled back, and
+        the table takes the staging path for its next DIRECT_RETRY_WRITES writes (an updating
+        sync would otherwise fail a COPY every time). Anything else unexpected (a value Python
+        cannot parse, a column type another worker changed) also returns False: the staging
+        path then decides, with the server's own casts and errors.
+        """
+        if pk and self._skip_direct.get(table, 0) > 0:
+            self._skip_direct[table] -= 1
+            return False
+        columns = list(logical)
+        direct = _direct_values(logical, values)
+        if direct is None or any(logical[c] == "json" for c in pk):
+            return False
+        keys = [direct[columns.index(c)] for c in pk]
+        if keys:
+            flat = keys[0] if len(keys) == 1 else list(chain.from_iterable(keys))
+            pairs = keys[0] if len(keys) == 1 else list(zip(*keys, strict=True))
+            if None in flat or len(set(pairs)) != len(pairs):
+                return False  # the staging path dedupes, or names the missing key
+        try:
+            async with con.transaction():
+                await con.copy_records_to_table(
+                    table,
+                    schema_name=self.schema,
+                    columns=[*columns, BATCH_ID_COLUMN, INGESTED_AT_COLUMN],
+                    records=zip(*direct, batch_ids, repeat(now), strict=False),
+                )
+        except asyncpg.UniqueViolationError:
+            self._skip_direct[table] = DIRECT_RETRY_WRITES
+            return False
+        except (TypeError, ValueError, OverflowError):
+            return False
+        return True
+
+
+def _direct_values(logical: dict[str, str], values: list[list[Any]]) -> list[list[Any]] | None:
+    """Staged values with dates and datetimes parsed, as the table's own columns take them."""
+    out = []
+    try:
+        for kind, column in zip(logical.values(), values, strict=True):
+            if kind == "datetime":
+                column = [None if v is None else _parse_datetime(v) for v in column]
+            elif kind == "date":
+                column = [None if v is None else dt.date.fromisoformat(v) for v in column]
+            out.append(column)
+    except ValueError:
+        return None  # a format Python does not read: let the server's cast decide
+    return out
+
+
+def _parse_datetime(text: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(text)
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def _expr(column: str, logical: str) -> str:
