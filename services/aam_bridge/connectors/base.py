@@ -23,7 +23,7 @@ class ConnectorConfig:
     type: str  # registry key: demo, salesforce, hubspot, dynamics, postgres, singer, file
     connector_config_id: str
     schedule_s: float | None = 300.0  # seconds between runs; None = run once
-    options: dict[str, Any] = field(default_factory=dict)  # from a file: RedactedOptions (masks secrets)
+    options: dict[str, Any] = field(default_factory=dict)  # masked in repr when from a file
 
 
 @dataclass(frozen=True, slots=True)
