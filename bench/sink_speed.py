@@ -7,7 +7,7 @@ writes into a throwaway store: a DuckDB file in a temp dir, a fresh PostgreSQL s
 (dropped afterwards). "fresh keys" inserts new primary keys; "same keys" rewrites them all
 (every row an update); "append" has no primary key. The baseline is asyncpg
 copy_records_to_table of the same records (tuples built and datetimes parsed in the timing)
-into a plain table of the same column types.
+into a plain table of the same column types, and into one with the same primary key.
 """
 
 from __future__ import annotations
@@ -92,13 +92,14 @@ async def sink_case(
     return await timed(label, len(rows), body)
 
 
-async def raw_copy(pg_dsn: str, schema: str, rows: list[Record]) -> float:
+async def raw_copy(pg_dsn: str, schema: str, rows: list[Record], keyed: bool) -> float:
     con = await asyncpg.connect(pg_dsn, server_settings={"timezone": "UTC"})
+    table = "raw_copy_pk" if keyed else "raw_copy"
     try:
         await con.execute(
-            f'CREATE TABLE "{schema}".raw_copy (id text, name text, stage text, '
-            "amount double precision, probability bigint, is_closed boolean, "
-            "close_date timestamptz)"
+            f'CREATE TABLE "{schema}".{table} (id text{" PRIMARY KEY" if keyed else ""}, '
+            "name text, stage text, amount double precision, probability bigint, "
+            "is_closed boolean, close_date timestamptz)"
         )
         get = itemgetter(*FIELDS)
         per_write = CHUNK * BATCHES_PER_WRITE
@@ -110,10 +111,11 @@ async def raw_copy(pg_dsn: str, schema: str, rows: list[Record]) -> float:
                     values = get(r)
                     records.append((*values[:6], dt.datetime.fromisoformat(values[6])))
                 await con.copy_records_to_table(
-                    "raw_copy", schema_name=schema, records=records, columns=FIELDS
+                    table, schema_name=schema, records=records, columns=FIELDS
                 )
 
-        return await timed("raw COPY (copy_records_to_table)", len(rows), body)
+        label = "raw COPY into a table with the same key" if keyed else "raw COPY (baseline)"
+        return await timed(label, len(rows), body)
     finally:
         await con.close()
 
@@ -123,7 +125,7 @@ async def main(rows_n: int, pg_dsn: str) -> None:
     print(f"{rows_n:,} rows, {CHUNK} records/batch, {BATCHES_PER_WRITE} batches/write", flush=True)
 
     null = NullSink("null://", "bench")
-    await sink_case(null, "null sink", rows, ["id"], "1")
+    await sink_case(null, "null sink (bookkeeping only)", rows, ["id"], "1")
 
     with tempfile.TemporaryDirectory() as tmp:
         duck = DuckDBSink(f"duckdb://{Path(tmp) / 'bench.duckdb'}", "bench")
@@ -139,7 +141,8 @@ async def main(rows_n: int, pg_dsn: str) -> None:
     pg = PostgresSink(f"{pg_dsn}?schema={schema}", "bench")
     await pg.open()
     try:
-        raw = await raw_copy(pg_dsn, schema, rows)
+        raw = await raw_copy(pg_dsn, schema, rows, keyed=False)
+        raw_keyed = await raw_copy(pg_dsn, schema, rows, keyed=True)
         fresh = await sink_case(pg, "postgres: upsert, fresh keys", rows, ["id"], "1")
         same = await sink_case(pg, "postgres: upsert, same keys (all updates)", rows, ["id"], "2")
         append = await sink_case(pg, "postgres: append (no primary key)", rows, [], "3", "events")
@@ -152,7 +155,7 @@ async def main(rows_n: int, pg_dsn: str) -> None:
             await con.close()
     print(
         f"postgres / raw COPY: fresh keys {fresh / raw:.2f}x, same keys {same / raw:.2f}x, "
-        f"append {append / raw:.2f}x"
+        f"append {append / raw:.2f}x; fresh keys / keyed raw COPY {fresh / raw_keyed:.2f}x"
     )
 
 
