@@ -103,6 +103,17 @@ class Daemon:
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:]
 
+    def wait_live(self) -> None:
+        """Return once /healthz answers 200; fail with the daemon's log if it exits first."""
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"{self.name} exited with {self.process.returncode}\n{self.log_tail()}")
+            if self.status("/healthz") == 200:
+                return
+            time.sleep(POLL_S)
+        pytest.fail(f"{self.name} /healthz did not answer 200 in {DEADLINE_S} s\n{self.log_tail()}")
+
     def stop(self) -> int:
         """SIGTERM, then SIGKILL if it outlives EXIT_TIMEOUT_S; the exit code. Idempotent."""
         if self.process.poll() is None:
@@ -198,6 +209,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         daemons.append(start_daemon("dcl-worker", worker_env, workdir))
         daemons.append(start_daemon("aam-bridge", bridge_env, workdir))
         worker, bridge = daemons
+        for daemon in daemons:
+            daemon.wait_live()
         prom_dir = workdir / "prometheus"
         prom_dir.mkdir()
         prometheus = start_prometheus(
