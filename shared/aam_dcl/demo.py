@@ -102,7 +102,7 @@ async def run_demo(settings: Settings, *, records: int, runs: int) -> int:
         sink = create_sink(settings.sink_url, settings.tenant_id)
         await sink.open()
         try:
-            counts = await sink.count_rows()  # type: ignore[attr-defined]
+            counts = await sink.count_rows()
         finally:
             await sink.close()
     click.echo("\nrows per table in the DCL store:")

@@ -179,6 +179,9 @@ class SlowSink(Sink):
     async def ping(self) -> None:
         await self.inner.ping()
 
+    async def count_rows(self) -> dict[str, int]:
+        return await self.inner.count_rows()
+
     async def write(self, batches: Sequence[Batch]) -> set[str]:
         self.writes += 1
         await asyncio.sleep(self.delay_s)

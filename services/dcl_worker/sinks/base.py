@@ -43,3 +43,7 @@ class Sink(ABC):
         rejected a batch's data: the caller retries batches one by one to find the poison).
         Schema-only tables (records None) create or widen the table and write no rows.
         """
+
+    @abstractmethod
+    async def count_rows(self) -> dict[str, int]:
+        """Rows per data table (the inbox excluded): for the CLI, the demo and tests."""
