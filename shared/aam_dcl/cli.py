@@ -101,3 +101,407 @@ def demo(records: int, runs: int) -> None:
 
     settings = _settings()
     sys.exit(_run(lambda: run_demo(settings, records=records, runs=runs)))
+
+
+# --- operator commands (the Redis logic is in aam_dcl.ops; these only parse and format) -------
+
+tenant_option = click.option(
+    "--tenant", "tenant", help="Tenant id (default: the group's --tenant, else TENANT_ID)."
+)
+connector_option = click.option(
+    "--connector", "-c", required=True, help="Connector name (its stream aam:dcl:{tenant}:{C})."
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def _ops(ctx: click.Context, tenant: str | None, fn: Callable[[Any, str], Awaitable[T]]) -> T:
+    """Run ``fn(client, tenant)`` against REDIS_URL; map Redis and ops errors to exit code 1."""
+    from redis.exceptions import RedisError
+
+    from aam_dcl.logs import redacted_url
+    from aam_dcl.ops import OperationRefused
+    from aam_dcl.redis_conn import connect
+
+    if tenant:
+        ctx.obj["tenant"] = tenant
+    settings = _tenant_settings(ctx)
+
+    async def call() -> T:
+        client = connect(settings)
+        try:
+            return await fn(client, settings.tenant_id)
+        finally:
+            await client.aclose()
+
+    try:
+        return _run(call)
+    except OperationRefused as exc:
+        raise click.ClickException(str(exc)) from None
+    except RedisError as exc:
+        url = redacted_url(settings.effective_redis_url)
+        raise click.ClickException(f"Redis at {url}: {exc}") from None
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    )
+
+
+def _when(ms: int | None) -> str:
+    import datetime as dt
+
+    if not ms:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _ms(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms} ms" if ms < 10_000 else f"{ms / 1000:.0f} s"
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: list, show, replay, purge (streams aam:dlq:{tenant}:{connector})."""
+
+
+@dlq.command("list")
+@tenant_option
+@click.option("--connector", "-c", help="Only this connector's dead letters.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
+@json_option
+@click.pass_context
+def dlq_list(
+    ctx: click.Context, tenant: str | None, connector: str | None, limit: int, as_json: bool
+) -> None:
+    """The oldest dead letters: entry id, connector, batch id, error, deliveries, failed at."""
+    from aam_dcl.ops import list_dead_letters
+
+    listing = _ops(ctx, tenant, lambda r, t: list_dead_letters(r, t, connector, limit))
+    if as_json:
+        rows = [d.to_json() for d in listing.entries]
+        for row in rows:
+            del row["payload"]  # `dlq show` gives it; a listing stays small
+        _echo_json({"totals": listing.totals, "dead_letters": rows})
+        return
+    total = sum(listing.totals.values())
+    if not total:
+        click.echo("no dead letters")
+        return
+    header = ("ENTRY ID", "CONNECTOR", "BATCH ID", "ERROR TYPE", "DELIVERIES", "FAILED AT (UTC)")
+    rows_ = [
+        (
+            d.entry_id,
+            d.connector,
+            d.batch_id or "-",
+            d.error_type,
+            str(d.deliveries),
+            _when(d.failed_at_ms),
+        )
+        for d in listing.entries
+    ]
+    lines = [
+        _table(
+            (*header, "ERROR"),
+            [(*r, _short(d.error, 60)) for r, d in zip(rows_, listing.entries, strict=True)],
+        )
+    ]
+    lines.append("")
+    lines.append(
+        f"{len(listing.entries)} of {total} dead letters shown ("
+        + ", ".join(f"{c}: {n}" for c, n in listing.totals.items())
+        + "); aam-dcl dlq show ENTRY_ID -c CONNECTOR for one in full"
+    )
+    click.echo("\n".join(lines))
+
+
+@dlq.command("show")
+@tenant_option
+@click.argument("entry_id")
+@connector_option
+@json_option
+@click.pass_context
+def dlq_show(
+    ctx: click.Context, tenant: str | None, entry_id: str, connector: str, as_json: bool
+) -> None:
+    """One dead letter in full; the payload pretty-printed if it is JSON, else escaped."""
+    from aam_dcl.ops import escaped, get_dead_letter
+
+    dead = _ops(ctx, tenant, lambda r, t: get_dead_letter(r, t, connector, entry_id))
+    if as_json:
+        _echo_json(dead.to_json())
+        return
+    for name, value in (
+        ("entry id", dead.entry_id),
+        ("connector", dead.connector),
+        ("source stream", dead.source_stream),
+        ("original id", dead.original_id),
+        ("batch id", dead.batch_id or "-"),
+        ("error type", dead.error_type),
+        ("error", dead.error),
+        ("deliveries", str(dead.deliveries)),
+        ("failed at", f"{_when(dead.failed_at_ms)} UTC ({dead.failed_at_ms})"),
+        ("consumer", dead.consumer),
+    ):
+        click.echo(f"{name + ':':15}{value}")
+    parsed = dead.payload_json()
+    if parsed is not None:
+        click.echo(f"payload ({len(dead.payload)} bytes, JSON):")
+        click.echo(orjson.dumps(parsed, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(f"payload ({len(dead.payload)} bytes, not JSON, shown escaped):")
+        click.echo(escaped(dead.payload))
+
+
+def _selection(entry_ids: tuple[str, ...], all_: bool) -> list[str] | None:
+    if bool(entry_ids) == all_:
+        raise click.UsageError("give dead-letter ENTRY_IDs or --all (not both)")
+    return None if all_ else list(entry_ids)
+
+
+@dlq.command("replay")
+@tenant_option
+@click.argument("entry_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead letter of the connector.")
+@connector_option
+@click.pass_context
+def dlq_replay(
+    ctx: click.Context, tenant: str | None, entry_ids: tuple[str, ...], all_: bool, connector: str
+) -> None:
+    """Re-publish dead letters to their stream (same payload, same batch id) and delete them.
+
+    Each one atomically (MULTI): its batch id leaves the processed set if it is there, its
+    payload is XADDed to aam:dcl:{tenant}:{connector}, the dead letter is deleted. The DCL
+    store's inbox still keeps a batch from being applied twice.
+    """
+    from aam_dcl.ops import replay_dead_letters
+
+    selection = _selection(entry_ids, all_)
+    change = _ops(ctx, tenant, lambda r, t: replay_dead_letters(r, t, connector, selection))
+    for old, new in zip(change.done, change.new_ids, strict=True):
+        click.echo(f"replayed {old} as {new}")
+    if change.unmarked:
+        click.echo(f"removed from the processed set: {', '.join(change.unmarked)}")
+    click.echo(f"{len(change.done)} dead letters replayed to connector {connector}")
+    if change.missing:
+        raise click.ClickException(
+            f"not found (nothing done for them): {', '.join(change.missing)}"
+        )
+
+
+@dlq.command("purge")
+@tenant_option
+@click.argument("entry_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead letter of the connector.")
+@connector_option
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def dlq_purge(
+    ctx: click.Context,
+    tenant: str | None,
+    entry_ids: tuple[str, ...],
+    all_: bool,
+    connector: str,
+    yes: bool,
+) -> None:
+    """Delete dead letters for good (asks first unless --yes)."""
+    from aam_dcl.ops import list_dead_letters, purge_dead_letters
+
+    selection = _selection(entry_ids, all_)
+    if not yes:
+        if selection is None:
+            listing = _ops(ctx, tenant, lambda r, t: list_dead_letters(r, t, connector, 1))
+            what = f"all {listing.totals.get(connector, 0)} dead letters"
+        else:
+            what = f"{len(selection)} dead letters"
+        click.confirm(f"Delete {what} of connector {connector}?", abort=True)
+    change = _ops(ctx, tenant, lambda r, t: purge_dead_letters(r, t, connector, selection))
+    click.echo(f"{len(change.done)} dead letters deleted from connector {connector}")
+    if change.missing:
+        raise click.ClickException(f"not found: {', '.join(change.missing)}")
+
+
+@main.command()
+@tenant_option
+@click.option("--connector", "-c", help="Only this connector's stream.")
+@click.option(
+    "--limit", default=10, show_default=True, type=click.IntRange(0), help="Oldest entries shown."
+)
+@json_option
+@click.pass_context
+def pending(
+    ctx: click.Context, tenant: str | None, connector: str | None, limit: int, as_json: bool
+) -> None:
+    """Who holds what: per consumer its pending count and idle time; the oldest pending entries."""
+    import dataclasses
+
+    from aam_dcl.ops import pending_report
+
+    reports = _ops(ctx, tenant, lambda r, t: pending_report(r, t, connector, limit))
+    if as_json:
+        _echo_json([dataclasses.asdict(p) for p in reports])
+        return
+    if not reports:
+        click.echo("no streams")
+    blocks = []
+    for p in reports:
+        if not p.group_exists:
+            blocks.append(f"{p.stream}: no group {p.group} yet")
+            continue
+        lag = "?" if p.lag is None else str(p.lag)
+        lines = [f"{p.stream}  group {p.group}: {p.pending} pending, lag {lag}"]
+        if p.consumers:
+            lines.append(
+                _table(
+                    ("  CONSUMER", "PENDING", "IDLE", "INACTIVE"),
+                    [
+                        ("  " + c.name, str(c.pending), _ms(c.idle_ms), _ms(c.inactive_ms))
+                        for c in p.consumers
+                    ],
+                )
+            )
+        if p.oldest:
+            lines.append(
+                _table(
+                    ("  OLDEST PENDING", "CONSUMER", "IDLE", "DELIVERIES"),
+                    [
+                        ("  " + e.entry_id, e.consumer, _ms(e.idle_ms), str(e.deliveries))
+                        for e in p.oldest
+                    ],
+                )
+            )
+        blocks.append("\n".join(lines))
+    click.echo("\n\n".join(blocks))
+
+
+@main.command("trim")
+@tenant_option
+@connector_option
+@click.option("--maxlen", required=True, type=click.IntRange(0), help="Entries to keep (about).")
+@click.option("--force", is_flag=True, help="Trim even if unacknowledged entries are cut (lost).")
+@click.pass_context
+def trim_command(
+    ctx: click.Context, tenant: str | None, connector: str, maxlen: int, force: bool
+) -> None:
+    """Emergency XTRIM MAXLEN ~ N that refuses to cut entries the group has not acknowledged."""
+    from aam_dcl.ops import trim
+
+    report = _ops(ctx, tenant, lambda r, t: trim(r, t, connector, maxlen, force=force))
+    click.echo(
+        f"trimmed {report.trimmed} entries from {report.stream} (length was {report.length})"
+    )
+    if report.forced:
+        for g in report.groups:
+            if g.unacked_cut:
+                click.echo(
+                    f"--force: cut {g.unacked_cut} unacknowledged entries of group {g.group} "
+                    f"({g.unread_cut} unread, {g.pending_cut} pending): they are lost"
+                )
+
+
+@main.command()
+@tenant_option
+@click.option("--reason", default="", help="Why (stored with the flag).")
+@click.pass_context
+def pause(ctx: click.Context, tenant: str | None, reason: str) -> None:
+    """Stop the tenant's workers from reading (within ~2 s, no restart); resume undoes it."""
+    from aam_dcl.ops import operator
+    from aam_dcl.ops import pause as pause_tenant
+
+    by = operator()
+    previous = _ops(ctx, tenant, lambda r, t: pause_tenant(r, t, by, reason))
+    tenant_id = ctx.obj.get("tenant") or _settings().tenant_id
+    if previous:
+        click.echo(f"tenant {tenant_id} was already paused by {previous.get('by')}; flag renewed")
+    else:
+        click.echo(f"tenant {tenant_id} paused: workers stop reading within ~2 s")
+
+
+@main.command()
+@tenant_option
+@click.pass_context
+def resume(ctx: click.Context, tenant: str | None) -> None:
+    """Let the tenant's workers read again (deletes the pause flag)."""
+    from aam_dcl.ops import resume as resume_tenant
+
+    previous = _ops(ctx, tenant, resume_tenant)
+    tenant_id = ctx.obj.get("tenant") or _settings().tenant_id
+    if previous:
+        click.echo(f"tenant {tenant_id} resumed (paused by {previous.get('by')})")
+    else:
+        click.echo(f"tenant {tenant_id} was not paused")
+
+
+@main.command()
+@tenant_option
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(["bridge", "worker", "operator"]),
+    help="Users to generate (repeatable; default: bridge and worker).",
+)
+@click.option("--password-env", help="Environment variable holding the users' password.")
+@json_option
+@click.pass_context
+def acl(
+    ctx: click.Context,
+    tenant: str | None,
+    roles: tuple[str, ...],
+    password_env: str | None,
+    as_json: bool,
+) -> None:
+    """Print ACL SETUSER lines for per-tenant users of the bridge and the worker.
+
+    Pipe them into redis-cli. The password is written as its SHA-256 (#...), never in clear.
+    """
+    import os
+
+    from aam_dcl.ops import acl_users
+
+    if tenant:
+        ctx.obj["tenant"] = tenant
+    tenant_id = _tenant_settings(ctx).tenant_id
+    password = None
+    if password_env:
+        password = os.environ.get(password_env)
+        if not password:
+            raise click.ClickException(f"--password-env {password_env}: that variable is not set")
+    try:
+        users = acl_users(tenant_id, password, roles or ("bridge", "worker"))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _echo_json(
+            [
+                {"user": u.user, "role": u.role, "rules": u.rules, "command": u.command()}
+                for u in users
+            ]
+        )
+        return
+    for user in users:
+        click.echo(user.command())
+    if not password:
+        click.echo(
+            "note: no password given (--password-env VAR): these users cannot log in until "
+            "one is added (ACL SETUSER <user> >secret)",
+            err=True,
+        )
+    click.echo(
+        "note: SCAN is keyless, so these users can list other tenants' key names (not read "
+        "them); use a separate Redis database or instance where names are sensitive",
+        err=True,
+    )
