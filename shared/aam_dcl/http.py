@@ -19,7 +19,7 @@ from prometheus_client import (
 )
 
 # `*_created` series double the series count and carry nothing an operator uses.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
 
 LiveCheck = Callable[[], str | None]  # None when alive, else what is wrong
 ReadyCheck = Callable[[], Awaitable[str | None]]
