@@ -397,7 +397,7 @@ def trim_command(
     ctx: click.Context, tenant: str | None, connector: str, maxlen: int, force: bool
 ) -> None:
     """Emergency XTRIM MAXLEN ~ N that refuses to cut entries the group has not acknowledged."""
-    from aam_dcl.ops import trim
+    from aam_dcl.trim import trim
 
     report = _ops(ctx, tenant, lambda r, t: trim(r, t, connector, maxlen, force=force))
     click.echo(
@@ -470,7 +470,7 @@ def acl(
     """
     import os
 
-    from aam_dcl.ops import acl_users
+    from aam_dcl.acl import acl_users
 
     if tenant:
         ctx.obj["tenant"] = tenant

@@ -1,14 +1,14 @@
-"""The operator's commands on a tenant's Redis state: dead letters, pending, trim, pause, ACLs.
+"""The operator's commands on a tenant's Redis state: dead letters, pending, pause/resume.
 
 Every function takes a Redis client and a tenant and returns plain data (dataclasses); the
 ``aam-dcl`` CLI only formats it. Writes that must happen together run in one MULTI, under
-WATCH where a concurrent change would make them wrong (docs/operations-cli.md).
+WATCH where a concurrent change would make them wrong (docs/operations-cli.md). The safe
+trim is in ``aam_dcl.trim``, the per-tenant ACL rules in ``aam_dcl.acl``.
 """
 
 from __future__ import annotations
 
 import getpass
-import hashlib
 import re
 import socket
 import time
@@ -26,35 +26,6 @@ from aam_dcl.errors import AamDclError
 ENTRY_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
 PAGE = 100  # dead letters per MULTI when replaying or purging --all
 WATCH_RETRIES = 20
-
-# The N-th newest entry id (where a MAXLEN N trim keeps from), paging inside Redis so that
-# payloads never cross the network; nil when the stream has fewer than N entries.
-_NTH_NEWEST = """
-local key, n, page = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
-local last, seen, id = '+', 0, false
-while seen < n do
-  local want = math.min(page, n - seen)
-  local r = redis.call('XREVRANGE', key, last, '-', 'COUNT', want)
-  if #r == 0 then return false end
-  seen = seen + #r
-  id = r[#r][1]
-  if #r < want then return false end
-  last = '(' .. id
-end
-return id
-"""
-
-# Entries in [ARGV[1], ARGV[2]] (ranges may be exclusive with '('), counted inside Redis.
-_COUNT_RANGE = """
-local key, first, last, page = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
-local count = 0
-while true do
-  local r = redis.call('XRANGE', key, first, last, 'COUNT', page)
-  count = count + #r
-  if #r < page then return count end
-  first = '(' .. r[#r][1]
-end
-"""
 
 
 class OperationRefused(AamDclError):
@@ -80,13 +51,9 @@ def check_ids(entry_ids: Sequence[str]) -> list[str]:
     return list(entry_ids)
 
 
-def _s(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A Redis reply value as text (clients may or may not decode responses)."""
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _next_id(entry_id: str) -> str:
-    ms, seq = parse_id(entry_id)
-    return f"{ms}-{seq + 1}"
 
 
 # --- dead letters ------------------------------------------------------------------------------
@@ -115,14 +82,14 @@ class DeadLetter:
         fields = fields or {}
 
         def text(name: str) -> str:
-            return _s(fields.get(name.encode(), b""))
+            return as_text(fields.get(name.encode(), b""))
 
         def number(name: str) -> int:
             value = text(name)
             return int(value) if value.isdigit() else 0
 
         return cls(
-            entry_id=_s(entry_id),
+            entry_id=as_text(entry_id),
             connector=connector,
             original_id=text("original_id"),
             source_stream=text("source_stream"),
@@ -179,7 +146,7 @@ async def dead_letter_connectors(client: aioredis.Redis, tenant: str) -> list[st
     async for key in client.scan_iter(
         match=keys.dead_letter_pattern(tenant), count=1000, _type="stream"
     ):
-        name = _s(key)[len(prefix) :]
+        name = as_text(key)[len(prefix) :]
         if keys.NAME_RE.match(name):
             found.add(name)
     return sorted(found)
@@ -269,13 +236,13 @@ async def _change_dead_letters(
     newest = await client.xrevrange(dlq, "+", "-", count=1)
     if not newest:
         return result
-    end = _s(newest[0][0])  # a replay that fails again lands after this: not replayed again
+    end = as_text(newest[0][0])  # a replay that fails again lands after this: not replayed again
     cursor = "-"
     while True:
         rows = await client.xrange(dlq, cursor, end, count=PAGE)
         if not rows:
             return result
-        page = [_s(eid) for eid, _ in rows]
+        page = [as_text(eid) for eid, _ in rows]
         await _change_page(client, tenant, connector, page, result, replay)
         cursor = "(" + page[-1]
 
@@ -330,7 +297,7 @@ def _collect_replay(found: list[DeadLetter], replies: list[Any], result: DeadLet
             if replies[i]:
                 result.unmarked.append(dead.batch_id)
             i += 2
-        result.new_ids.append(_s(replies[i]))
+        result.new_ids.append(as_text(replies[i]))
         i += 2  # XADD, XDEL
 
 
@@ -390,13 +357,13 @@ async def pending_report(
         report.lag = info.get("lag")
         summary = await client.xpending(stream, group)
         report.pending = int(summary["pending"])
-        report.oldest_id = _s(summary["min"]) if summary["min"] else None
-        report.newest_id = _s(summary["max"]) if summary["max"] else None
+        report.oldest_id = as_text(summary["min"]) if summary["min"] else None
+        report.newest_id = as_text(summary["max"]) if summary["max"] else None
         for c in await client.xinfo_consumers(stream, group):
             inactive = c.get("inactive")
             report.consumers.append(
                 ConsumerPending(
-                    _s(c["name"]),
+                    as_text(c["name"]),
                     int(c["pending"]),
                     int(c["idle"]),
                     int(inactive) if inactive is not None and int(inactive) >= 0 else None,
@@ -407,8 +374,8 @@ async def pending_report(
             rows = await client.xpending_range(stream, group, min="-", max="+", count=limit)
             report.oldest = [
                 PendingEntry(
-                    _s(r["message_id"]),
-                    _s(r["consumer"]),
+                    as_text(r["message_id"]),
+                    as_text(r["consumer"]),
                     int(r["time_since_delivered"]),
                     int(r["times_delivered"]),
                 )
@@ -421,174 +388,9 @@ async def _group_info(client: aioredis.Redis, stream: str, group: str) -> dict[s
     if not await client.exists(stream):
         return None
     for info in await client.xinfo_groups(stream):
-        if _s(info["name"]) == group:
+        if as_text(info["name"]) == group:
             return dict(info)
     return None
-
-
-# --- trim --------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class GroupCut:
-    """What a trim would cut (or cut) from one consumer group's unfinished work."""
-
-    group: str
-    last_delivered_id: str
-    oldest_unacked_id: str | None
-    unread_cut: int  # never delivered to the group
-    pending_cut: int  # delivered, not acknowledged
-
-    @property
-    def unacked_cut(self) -> int:
-        return self.unread_cut + self.pending_cut
-
-
-@dataclass(slots=True)
-class TrimReport:
-    connector: str
-    stream: str
-    maxlen: int
-    length: int
-    keep_from_id: str | None  # the N-th newest entry: an exact MAXLEN N trim keeps it and newer
-    groups: list[GroupCut]
-    trimmed: int | None = None  # entries deleted; None when not trimmed
-    forced: bool = False
-
-    @property
-    def unacked_cut(self) -> int:
-        return sum(g.unacked_cut for g in self.groups)
-
-
-async def plan_trim(
-    client: aioredis.Redis, tenant: str, connector: str, maxlen: int, _pipe: Any = None
-) -> TrimReport:
-    """What ``XTRIM MAXLEN N`` would cut, per group (exact MAXLEN: ``~`` never cuts more)."""
-    run: Any = _pipe or client
-    stream = keys.stream(tenant, connector)
-    length = int(await run.xlen(stream))
-    report = TrimReport(connector, stream, maxlen, length, None, [])
-    if length == 0:
-        return report
-    keep_from = await run.eval(_NTH_NEWEST, 1, stream, maxlen, 1000) if length > maxlen else None
-    report.keep_from_id = _s(keep_from) if keep_from else None
-    first_rows = await run.xrange(stream, "-", "+", count=1)
-    first_id = _s(first_rows[0][0])
-    groups = {_s(g["name"]): dict(g) for g in await run.xinfo_groups(stream)}
-    own = keys.group(tenant)
-    if own not in groups:  # the worker will create it at 0 and read everything: count it
-        groups[own] = {"last-delivered-id": b"0-0", "pending": 0, "lag": length}
-    for name, info in sorted(groups.items()):
-        report.groups.append(
-            await _group_cut(run, stream, name, info, first_id, report.keep_from_id, maxlen)
-        )
-    return report
-
-
-async def _group_cut(
-    run: Any,
-    stream: str,
-    group: str,
-    info: dict[str, Any],
-    first_id: str,
-    keep_from: str | None,
-    maxlen: int,
-) -> GroupCut:
-    delivered = _s(info["last-delivered-id"])
-    unread = await run.xrange(stream, "(" + delivered, "+", count=1)
-    oldest_unread = _s(unread[0][0]) if unread else None
-    pending_rows: list[Any] = []
-    if int(info["pending"]):  # from the stream's first entry: older ids are already gone
-        pending_rows = await run.xpending_range(stream, group, min=first_id, max="+", count=1)
-    oldest_pending = _s(pending_rows[0]["message_id"]) if pending_rows else None
-    candidates = [i for i in (oldest_unread, oldest_pending) if i]
-    cut = GroupCut(group, delivered, min(candidates, key=parse_id) if candidates else None, 0, 0)
-    if keep_from is None or cut.oldest_unacked_id is None:
-        return cut
-    if parse_id(cut.oldest_unacked_id) >= parse_id(keep_from):
-        return cut
-    lag = info.get("lag")
-    if lag is not None:  # unread entries are the newest `lag` ones
-        cut.unread_cut = max(0, int(lag) - maxlen)
-    elif oldest_unread:
-        cut.unread_cut = int(
-            await run.eval(_COUNT_RANGE, 1, stream, "(" + delivered, "(" + keep_from, 1000)
-        )
-    if oldest_pending:
-        rows = await run.xpending_range(
-            stream, group, min=first_id, max="(" + keep_from, count=int(info["pending"])
-        )
-        cut.pending_cut = len(rows)
-    return cut
-
-
-async def trim(
-    client: aioredis.Redis, tenant: str, connector: str, maxlen: int, *, force: bool = False
-) -> TrimReport:
-    """``XTRIM MAXLEN ~ maxlen``, refused (OperationRefused) if it would cut unacked entries.
-
-    The check and the trim run under WATCH of the stream: an XADD in between (which moves
-    the cut point) makes the check run again. With ``force`` the report's groups say how
-    many unacknowledged entries were actually cut.
-    """
-    stream = keys.stream(tenant, connector)
-    for _ in range(WATCH_RETRIES):
-        async with client.pipeline(transaction=True) as pipe:
-            await pipe.watch(stream)
-            plan = await plan_trim(client, tenant, connector, maxlen, _pipe=pipe)
-            if plan.unacked_cut and not force:
-                raise OperationRefused(_refusal(plan))
-            pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-            pipe.xtrim(stream, maxlen=maxlen, approximate=True)
-            pipe.xrange(stream, "-", "+", count=1)
-            try:
-                trimmed, first = await pipe.execute()
-            except WatchError:
-                continue
-        plan.trimmed, plan.forced = int(trimmed), force and plan.unacked_cut > 0
-        if plan.unacked_cut and first:
-            await _actual_cut(client, plan, _s(first[0][0]))
-        return plan
-    raise OperationRefused(f"{stream} kept changing during {WATCH_RETRIES} attempts; try again")
-
-
-async def _actual_cut(client: aioredis.Redis, plan: TrimReport, new_first: str) -> None:
-    """``~`` trims whole nodes only: count what survived between the new first entry and the
-    planned cut point, and subtract it from the planned cut."""
-    if plan.keep_from_id is None or parse_id(new_first) >= parse_id(plan.keep_from_id):
-        return
-    for g in plan.groups:
-        if not g.unacked_cut:
-            continue
-        start = max(new_first, _next_id(g.last_delivered_id), key=parse_id)
-        survived = await client.eval(
-            _COUNT_RANGE, 1, plan.stream, start, "(" + plan.keep_from_id, 1000
-        )
-        g.unread_cut = max(0, g.unread_cut - int(survived))
-        if g.pending_cut:
-            rows = await client.xpending_range(
-                plan.stream,
-                g.group,
-                min=new_first,
-                max="(" + plan.keep_from_id,
-                count=g.pending_cut,
-            )
-            g.pending_cut = max(0, g.pending_cut - len(rows))
-
-
-def _refusal(plan: TrimReport) -> str:
-    parts = [
-        f"group {g.group}: {g.unread_cut} unread and {g.pending_cut} pending "
-        f"(oldest unacknowledged {g.oldest_unacked_id})"
-        for g in plan.groups
-        if g.unacked_cut
-    ]
-    return (
-        f"refusing to trim {plan.stream} to {plan.maxlen}: it would cut {plan.unacked_cut} "
-        f"entries not yet acknowledged ({'; '.join(parts)}); the trim keeps entries from "
-        f"{plan.keep_from_id}. Let the worker catch up (aam-dcl pending), choose a larger "
-        "--maxlen, or pass --force to delete them anyway (they are lost)"
-    )
 
 
 # --- pause / resume ----------------------------------------------------------------------------
@@ -633,79 +435,3 @@ def _flag(raw: Any) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:  # set by hand (redis-cli SET): still a pause
         return {"by": escaped(raw), "at_ms": None, "reason": ""}
     return value if isinstance(value, dict) else {"by": str(value), "at_ms": None, "reason": ""}
-
-
-# --- ACL ---------------------------------------------------------------------------------------
-
-# Connection set-up a client may send. Not CLIENT SETINFO: Redis 7.0 rejects the rule (it
-# came in 7.2); redis-py ignores the NOPERM it gets for it on connect.
-_CONNECTION = ["ping", "hello", "auth", "client|setname", "client|id"]
-_TRANSACTION = ["multi", "exec", "discard", "watch", "unwatch"]
-
-ROLE_COMMANDS: dict[str, list[str]] = {
-    "bridge": [
-        *_CONNECTION, *_TRANSACTION,
-        "xadd", "xgroup|create", "xinfo|groups", "xlen", "hset", "hgetall",
-    ],
-    "worker": [
-        *_CONNECTION, *_TRANSACTION,
-        "scan", "exists", "xgroup|create", "xreadgroup", "xack", "xautoclaim", "xpending",
-        "xinfo|groups", "xlen", "smismember", "scard",
-        # the finalize script (EVALSHA, loaded on NOSCRIPT) and what it calls
-        "evalsha", "eval", "script|load", "script|exists", "xadd", "sadd", "srem", "zadd",
-        "zrangebyscore", "zrem", "expire",
-    ],
-    "operator": [
-        *_CONNECTION, *_TRANSACTION,
-        "scan", "exists", "ttl", "get", "set", "del", "xlen", "xrange", "xrevrange",
-        "xinfo|groups", "xinfo|consumers", "xinfo|stream", "xpending", "xadd", "xdel", "xtrim",
-        "scard", "sismember", "srem", "zrem", "eval", "evalsha", "script|load",
-    ],
-}  # fmt: skip
-
-
-def role_key_patterns(role: str, tenant: str) -> list[str]:
-    """Key permissions of a role: ``~`` read+write, ``%R~`` read only (Redis >= 7)."""
-    streams = f"~{keys.stream_pattern(tenant)}"
-    dlq = f"~{keys.dead_letter_pattern(tenant)}"
-    sync = f"~{keys.sync_state(tenant, '*')}"
-    processed = [f"~{keys.processed_set(tenant)}", f"~{keys.processed_expiry(tenant)}"]
-    paused = keys.paused_flag(tenant)
-    if role == "bridge":
-        return [streams, sync]
-    if role == "worker":
-        return [streams, dlq, *processed, f"%R~{paused}"]
-    return [streams, dlq, sync, *processed, f"~{paused}"]
-
-
-@dataclass(slots=True)
-class AclUser:
-    user: str
-    role: str
-    rules: list[str]
-    has_password: bool
-
-    def command(self) -> str:
-        return " ".join(["ACL", "SETUSER", self.user, *self.rules])
-
-
-def acl_users(
-    tenant: str, password: str | None, roles: Sequence[str] = ("bridge", "worker")
-) -> list[AclUser]:
-    """``ACL SETUSER`` rules of per-tenant users that can touch only this tenant's keys.
-
-    ``reset`` first, so re-applying replaces rules instead of adding to them. The password is
-    given as its SHA-256 (``#hex``), so the output never carries the secret; without one the
-    user cannot log in until a password is added. SCAN is keyless: ACL cannot restrict which
-    key *names* it returns (the worker only asks for its own pattern).
-    """
-    keys.validate_name(tenant, "tenant")
-    users = []
-    for role in roles:
-        secret = [f"#{hashlib.sha256(password.encode()).hexdigest()}"] if password else []
-        rules = [
-            "reset", "on", *secret, "resetchannels", *role_key_patterns(role, tenant),
-            "-@all", *(f"+{c}" for c in ROLE_COMMANDS[role]),
-        ]  # fmt: skip
-        users.append(AclUser(f"aam-{role}-{tenant}", role, rules, bool(password)))
-    return users

@@ -16,7 +16,8 @@ from click.testing import CliRunner, Result
 from prometheus_client import REGISTRY
 from redis.exceptions import AuthenticationError, NoPermissionError
 
-from aam_dcl import keys, ops
+from aam_dcl import keys, ops, trim
+from aam_dcl.acl import acl_users
 from aam_dcl.cli import main
 from aam_dcl.config import Settings
 from aam_dcl.messages import Batch, Column, TableBatch, TableSchema, encode
@@ -287,12 +288,12 @@ async def test_trim_refuses_to_cut_unacked_entries_and_force_reports_what_it_cut
     await redis.xreadgroup(GROUP, "alice", {STREAM: ">"}, count=60)
     await redis.xack(STREAM, GROUP, *[f"{n}-0" for n in range(1, 51)])
 
-    safe = await ops.trim(redis, T, C, 60)
+    safe = await trim.trim(redis, T, C, 60)
     assert safe.trimmed == 40
     assert safe.unacked_cut == 0
     assert (await redis.xrange(STREAM, count=1))[0][0] == b"41-0"
 
-    plan = await ops.plan_trim(redis, T, C, 45)
+    plan = await trim.plan_trim(redis, T, C, 45)
     assert plan.keep_from_id == "56-0"
     (cut,) = plan.groups
     assert (cut.oldest_unacked_id, cut.unread_cut, cut.pending_cut) == ("51-0", 0, 5)
@@ -308,7 +309,7 @@ async def test_trim_refuses_to_cut_unacked_entries_and_force_reports_what_it_cut
     assert b"--force" in err
     assert await redis.xlen(STREAM) == 60
 
-    unread = await ops.plan_trim(redis, T, C, 30)
+    unread = await trim.plan_trim(redis, T, C, 30)
     assert (unread.groups[0].unread_cut, unread.groups[0].pending_cut) == (10, 10)
 
     # keep_from is 66-0, inside the node 61-70: `~` keeps that node, so no unread entry is cut.
@@ -329,9 +330,9 @@ async def test_trim_of_a_stream_without_group_counts_everything_as_unread(
     for n in range(1, 6):
         await redis.xadd(STREAM, {"payload": b"{}"}, id=f"{n}-0")
     with pytest.raises(ops.OperationRefused, match="3 unread and 0 pending"):
-        await ops.trim(redis, T, C, 2)
+        await trim.trim(redis, T, C, 2)
     assert await redis.xlen(STREAM) == 5
-    nothing = await ops.trim(redis, T, C, 10)
+    nothing = await trim.trim(redis, T, C, 10)
     assert nothing.trimmed == 0
 
 
@@ -448,7 +449,7 @@ async def test_acl_without_password_creates_users_that_cannot_log_in(
     redis: aioredis.Redis, redis_url: str
 ) -> None:
     """No --password-env: the rules carry no password (nor nopass), so nobody can log in."""
-    users = ops.acl_users("acme", None, ("operator",))
+    users = acl_users("acme", None, ("operator",))
     assert "nopass" not in users[0].rules
     try:
         await redis.execute_command(*users[0].command().split())

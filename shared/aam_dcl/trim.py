@@ -1,0 +1,213 @@
+"""``aam-dcl trim``: the guide's emergency ``XTRIM MAXLEN ~ N``, refused when it would cut
+entries a consumer group has not acknowledged (DESIGN §4.2: no unread entry is ever trimmed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from aam_dcl import keys
+from aam_dcl.ops import WATCH_RETRIES, OperationRefused, as_text, parse_id
+
+# The N-th newest entry id (where a MAXLEN N trim keeps from), paging inside Redis so that
+# payloads never cross the network; nil when the stream has fewer than N entries.
+_NTH_NEWEST = """
+local key, n, page = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local last, seen, id = '+', 0, false
+while seen < n do
+  local want = math.min(page, n - seen)
+  local r = redis.call('XREVRANGE', key, last, '-', 'COUNT', want)
+  if #r == 0 then return false end
+  seen = seen + #r
+  id = r[#r][1]
+  if #r < want then return false end
+  last = '(' .. id
+end
+return id
+"""
+
+# Entries in [ARGV[1], ARGV[2]] (ranges may be exclusive with '('), counted inside Redis.
+_COUNT_RANGE = """
+local key, first, last, page = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local count = 0
+while true do
+  local r = redis.call('XRANGE', key, first, last, 'COUNT', page)
+  count = count + #r
+  if #r < page then return count end
+  first = '(' .. r[#r][1]
+end
+"""
+
+
+# --- trim --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class GroupCut:
+    """What a trim would cut (or cut) from one consumer group's unfinished work."""
+
+    group: str
+    last_delivered_id: str
+    oldest_unacked_id: str | None
+    unread_cut: int  # never delivered to the group
+    pending_cut: int  # delivered, not acknowledged
+
+    @property
+    def unacked_cut(self) -> int:
+        return self.unread_cut + self.pending_cut
+
+
+@dataclass(slots=True)
+class TrimReport:
+    connector: str
+    stream: str
+    maxlen: int
+    length: int
+    keep_from_id: str | None  # the N-th newest entry: an exact MAXLEN N trim keeps it and newer
+    groups: list[GroupCut]
+    trimmed: int | None = None  # entries deleted; None when not trimmed
+    forced: bool = False
+
+    @property
+    def unacked_cut(self) -> int:
+        return sum(g.unacked_cut for g in self.groups)
+
+
+async def plan_trim(
+    client: aioredis.Redis, tenant: str, connector: str, maxlen: int, _pipe: Any = None
+) -> TrimReport:
+    """What ``XTRIM MAXLEN N`` would cut, per group (exact MAXLEN: ``~`` never cuts more)."""
+    run: Any = _pipe or client
+    stream = keys.stream(tenant, connector)
+    length = int(await run.xlen(stream))
+    report = TrimReport(connector, stream, maxlen, length, None, [])
+    if length == 0:
+        return report
+    keep_from = await run.eval(_NTH_NEWEST, 1, stream, maxlen, 1000) if length > maxlen else None
+    report.keep_from_id = as_text(keep_from) if keep_from else None
+    first_rows = await run.xrange(stream, "-", "+", count=1)
+    first_id = as_text(first_rows[0][0])
+    groups = {as_text(g["name"]): dict(g) for g in await run.xinfo_groups(stream)}
+    own = keys.group(tenant)
+    if own not in groups:  # the worker will create it at 0 and read everything: count it
+        groups[own] = {"last-delivered-id": b"0-0", "pending": 0, "lag": length}
+    for name, info in sorted(groups.items()):
+        report.groups.append(
+            await _group_cut(run, stream, name, info, first_id, report.keep_from_id, maxlen)
+        )
+    return report
+
+
+async def _group_cut(
+    run: Any,
+    stream: str,
+    group: str,
+    info: dict[str, Any],
+    first_id: str,
+    keep_from: str | None,
+    maxlen: int,
+) -> GroupCut:
+    delivered = as_text(info["last-delivered-id"])
+    unread = await run.xrange(stream, "(" + delivered, "+", count=1)
+    oldest_unread = as_text(unread[0][0]) if unread else None
+    pending_rows: list[Any] = []
+    if int(info["pending"]):  # from the stream's first entry: older ids are already gone
+        pending_rows = await run.xpending_range(stream, group, min=first_id, max="+", count=1)
+    oldest_pending = as_text(pending_rows[0]["message_id"]) if pending_rows else None
+    candidates = [i for i in (oldest_unread, oldest_pending) if i]
+    cut = GroupCut(group, delivered, min(candidates, key=parse_id) if candidates else None, 0, 0)
+    if keep_from is None or cut.oldest_unacked_id is None:
+        return cut
+    if parse_id(cut.oldest_unacked_id) >= parse_id(keep_from):
+        return cut
+    lag = info.get("lag")
+    if lag is not None:  # unread entries are the newest `lag` ones
+        cut.unread_cut = max(0, int(lag) - maxlen)
+    elif oldest_unread:
+        cut.unread_cut = int(
+            await run.eval(_COUNT_RANGE, 1, stream, "(" + delivered, "(" + keep_from, 1000)
+        )
+    if oldest_pending:
+        rows = await run.xpending_range(
+            stream, group, min=first_id, max="(" + keep_from, count=int(info["pending"])
+        )
+        cut.pending_cut = len(rows)
+    return cut
+
+
+async def trim(
+    client: aioredis.Redis, tenant: str, connector: str, maxlen: int, *, force: bool = False
+) -> TrimReport:
+    """``XTRIM MAXLEN ~ maxlen``, refused (OperationRefused) if it would cut unacked entries.
+
+    The check and the trim run under WATCH of the stream: an XADD in between (which moves
+    the cut point) makes the check run again. With ``force`` the report's groups say how
+    many unacknowledged entries were actually cut.
+    """
+    stream = keys.stream(tenant, connector)
+    for _ in range(WATCH_RETRIES):
+        async with client.pipeline(transaction=True) as pipe:
+            await pipe.watch(stream)
+            plan = await plan_trim(client, tenant, connector, maxlen, _pipe=pipe)
+            if plan.unacked_cut and not force:
+                raise OperationRefused(_refusal(plan))
+            pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            pipe.xtrim(stream, maxlen=maxlen, approximate=True)
+            pipe.xrange(stream, "-", "+", count=1)
+            try:
+                trimmed, first = await pipe.execute()
+            except WatchError:
+                continue
+        plan.trimmed, plan.forced = int(trimmed), force and plan.unacked_cut > 0
+        if plan.unacked_cut and first:
+            await _actual_cut(client, plan, as_text(first[0][0]))
+        return plan
+    raise OperationRefused(f"{stream} kept changing during {WATCH_RETRIES} attempts; try again")
+
+
+async def _actual_cut(client: aioredis.Redis, plan: TrimReport, new_first: str) -> None:
+    """``~`` trims whole nodes only: count what survived between the new first entry and the
+    planned cut point, and subtract it from the planned cut."""
+    if plan.keep_from_id is None or parse_id(new_first) >= parse_id(plan.keep_from_id):
+        return
+    for g in plan.groups:
+        if not g.unacked_cut:
+            continue
+        start = max(new_first, _next_id(g.last_delivered_id), key=parse_id)
+        survived = await client.eval(
+            _COUNT_RANGE, 1, plan.stream, start, "(" + plan.keep_from_id, 1000
+        )
+        g.unread_cut = max(0, g.unread_cut - int(survived))
+        if g.pending_cut:
+            rows = await client.xpending_range(
+                plan.stream,
+                g.group,
+                min=new_first,
+                max="(" + plan.keep_from_id,
+                count=g.pending_cut,
+            )
+            g.pending_cut = max(0, g.pending_cut - len(rows))
+
+
+def _refusal(plan: TrimReport) -> str:
+    parts = [
+        f"group {g.group}: {g.unread_cut} unread and {g.pending_cut} pending "
+        f"(oldest unacknowledged {g.oldest_unacked_id})"
+        for g in plan.groups
+        if g.unacked_cut
+    ]
+    return (
+        f"refusing to trim {plan.stream} to {plan.maxlen}: it would cut {plan.unacked_cut} "
+        f"entries not yet acknowledged ({'; '.join(parts)}); the trim keeps entries from "
+        f"{plan.keep_from_id}. Let the worker catch up (aam-dcl pending), choose a larger "
+        "--maxlen, or pass --force to delete them anyway (they are lost)"
+    )
+
+
+def _next_id(entry_id: str) -> str:
+    ms, seq = parse_id(entry_id)
+    return f"{ms}-{seq + 1}"
