@@ -37,7 +37,7 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
 @click.option("--tenant", help="Tenant id (default: TENANT_ID).")
 @click.pass_context
 def main(ctx: click.Context, tenant: str | None) -> None:
-    """Operate an aam-dcl pipeline: status, demo, config check."""
+    """Operate an aam-dcl pipeline: status, demo, config check, dlq, pending, trim, pause, acl."""
     ctx.obj = {"tenant": tenant}
 
 

@@ -195,15 +195,15 @@ async def _actual_cut(client: aioredis.Redis, plan: TrimReport, new_first: str) 
 
 def _refusal(plan: TrimReport) -> str:
     parts = [
-        f"group {g.group}: {g.unread_cut} unread and {g.pending_cut} pending "
-        f"(oldest unacknowledged {g.oldest_unacked_id})"
+        f"group {g.group}: {g.unread_cut} unread and {g.pending_cut} pending, "
+        f"oldest unacknowledged {g.oldest_unacked_id}"
         for g in plan.groups
         if g.unacked_cut
     ]
     return (
         f"refusing to trim {plan.stream} to {plan.maxlen}: it would cut {plan.unacked_cut} "
-        f"entries not yet acknowledged ({'; '.join(parts)}); the trim keeps entries from "
-        f"{plan.keep_from_id}. Let the worker catch up (aam-dcl pending), choose a larger "
+        f"entries not yet acknowledged [{'; '.join(parts)}]; it would keep entries from "
+        f"{plan.keep_from_id} on. Let the worker catch up (aam-dcl pending), choose a larger "
         "--maxlen, or pass --force to delete them anyway (they are lost)"
     )
 

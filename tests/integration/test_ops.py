@@ -461,3 +461,49 @@ async def test_acl_without_password_creates_users_that_cannot_log_in(
         await client.aclose()
     finally:
         await redis.execute_command("ACL", "DELUSER", "aam-operator-acme")
+
+
+async def test_acl_operator_user_runs_the_operator_commands_on_its_tenant_only(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    """As aam-operator-acme, status, dlq list/replay, pending, trim, pause and resume work on
+    acme's keys with nothing denied in ACL LOG, and globex's keys are refused (exit 1)."""
+    password = "op-secret"
+    (user,) = acl_users("acme", password, ("operator",))
+    acme_stream = keys.stream("acme", C)
+    await redis.xadd(acme_stream, {"payload": b"{}"}, id="1-0")
+    await redis.xgroup_create(acme_stream, keys.group("acme"), id="0")
+    dead = await redis.xadd(
+        keys.dead_letter_stream("acme", C),
+        {"original_id": "1-0", "batch_id": "b1", "payload": b"{}", "error_type": "wrong_shape"},
+    )
+    await redis.sadd(keys.processed_set("acme"), "b1")
+    as_operator = redis_url.replace("redis://", f"redis://{user.user}:{password}@")
+
+    async def run(*args: str) -> Result:
+        env = {"REDIS_URL": as_operator, "TENANT_ID": "acme"}
+        return await asyncio.to_thread(CliRunner().invoke, main, list(args), env=env)
+
+    try:
+        await redis.acl_log_reset()
+        await redis.execute_command(*user.command().split())
+        for args in (
+            ["status"],
+            ["dlq", "list"],
+            ["dlq", "show", dead.decode(), "-c", C],
+            ["pending"],
+            ["trim", "-c", C, "--maxlen", "10"],
+            ["pause"],
+            ["resume"],
+            ["dlq", "replay", dead.decode(), "-c", C],
+        ):
+            result = await run(*args)
+            assert result.exit_code == 0, (args, result.output)
+        assert await redis.acl_log() == []
+        assert await redis.xlen(acme_stream) == 2  # the replayed entry
+        assert not await redis.sismember(keys.processed_set("acme"), "b1")
+        refused = await run("--tenant", "globex", "pending", "-c", C)
+        assert refused.exit_code == 1
+        assert "no permissions to access one of the keys" in refused.output
+    finally:
+        await redis.execute_command("ACL", "DELUSER", user.user)
