@@ -81,10 +81,13 @@ class Bridge:
         runner = SyncRunner(self.settings, self.redis, connector)
         labels = (self.settings.tenant_id, config.name)
         failures = 0
-        await connector.open()
+        opened = False
         while not self.stopping.is_set():
             started = time.monotonic()
             try:
+                if not opened:
+                    await connector.open()
+                    opened = True
                 result = await runner.run_once()
             except ConfigError:
                 raise

@@ -90,6 +90,7 @@ class StreamConsumer:
         self.next_claim_at = 0.0
         self.claim_cursor = b"0-0"
         self.in_flight = False
+        self.group_ready = False
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -108,8 +109,11 @@ class StreamConsumer:
                 if "NOGROUP" not in str(exc):
                     raise
                 log.warning("group_missing", stream=self.stream, error=str(exc))
+                self.group_ready = False
                 self.read_backlog = True
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                # Whatever this consumer had read is pending under its name: re-read it first.
+                self.read_backlog = True
                 metrics.REDIS_ERRORS.labels(*self.labels).inc()
                 delay = backoff.next_s()
                 log.warning("redis_unavailable", error=str(exc), retry_in_s=round(delay, 2))
@@ -133,7 +137,7 @@ class StreamConsumer:
 
     async def ensure_group(self) -> None:
         """Create the group at 0 (never $: that would skip what is already in the stream)."""
-        if getattr(self, "_group_ready", False):
+        if self.group_ready:
             return
         try:
             await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
@@ -141,7 +145,7 @@ class StreamConsumer:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._group_ready = True
+        self.group_ready = True
 
     async def _read(self, start: str, block_ms: int | None) -> list[Entry]:
         """XREADGROUP, abandoned (entries stay pending, re-read later) if stopping meanwhile."""
@@ -156,7 +160,7 @@ class StreamConsumer:
             reply = await self._wait_for(call)
         except ResponseError as exc:
             if "NOGROUP" in str(exc):
-                self._group_ready = False
+                self.group_ready = False
             raise
         if not reply:
             return []
