@@ -14,6 +14,7 @@ from aam_bridge.connectors.demo import DemoConnector
 from aam_bridge.connectors.registry import create
 from aam_dcl import keys
 from aam_dcl.config import Settings
+from dcl_worker import metrics as worker_metrics
 from tests.integration.conftest import (
     demo_configs,
     drained,
@@ -130,6 +131,7 @@ async def test_worker_with_use_aam_as_source_false_consumes_nothing(
     settings = settings.model_copy(update={"use_aam_as_source": False})
     async with running_worker(settings):
         await asyncio.sleep(1.0)  # nothing can be waited for: the point is that nothing happens
+        assert worker_metrics.CONSUMING.labels("default")._value.get() == 0  # no public getter
     assert await redis.xlen(stream) == 1
     groups = await redis.xinfo_groups(stream)
     assert groups == []  # not even a group was created
