@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
 
 from aam_dcl.config import Settings, load_settings
 from aam_dcl.errors import ConfigError
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 T = TypeVar("T")
 
@@ -114,7 +117,9 @@ connector_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
-def _ops(ctx: click.Context, tenant: str | None, fn: Callable[[Any, str], Awaitable[T]]) -> T:
+def _ops(
+    ctx: click.Context, tenant: str | None, fn: Callable[[aioredis.Redis, str], Awaitable[T]]
+) -> T:
     """Run ``fn(client, tenant)`` against REDIS_URL; map Redis and ops errors to exit code 1."""
     from redis.exceptions import RedisError
 
@@ -146,7 +151,7 @@ def _echo_json(value: Any) -> None:
     click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
@@ -203,29 +208,16 @@ def dlq_list(
         return
     header = ("ENTRY ID", "CONNECTOR", "BATCH ID", "ERROR TYPE", "DELIVERIES", "FAILED AT (UTC)")
     rows_ = [
-        (
-            d.entry_id,
-            d.connector,
-            d.batch_id or "-",
-            d.error_type,
-            str(d.deliveries),
-            _when(d.failed_at_ms),
-        )
+        (d.entry_id, d.connector, d.batch_id or "-", d.error_type, str(d.deliveries),
+         _when(d.failed_at_ms), _short(d.error, 60))
         for d in listing.entries
-    ]
-    lines = [
-        _table(
-            (*header, "ERROR"),
-            [(*r, _short(d.error, 60)) for r, d in zip(rows_, listing.entries, strict=True)],
-        )
-    ]
-    lines.append("")
-    lines.append(
-        f"{len(listing.entries)} of {total} dead letters shown ("
-        + ", ".join(f"{c}: {n}" for c, n in listing.totals.items())
-        + "); aam-dcl dlq show ENTRY_ID -c CONNECTOR for one in full"
+    ]  # fmt: skip
+    per_connector = ", ".join(f"{c}: {n}" for c, n in listing.totals.items())
+    click.echo(_table((*header, "ERROR"), rows_))
+    click.echo(
+        f"\n{len(listing.entries)} of {total} dead letters shown ({per_connector}); "
+        "aam-dcl dlq show ENTRY_ID -c CONNECTOR for one in full"
     )
-    click.echo("\n".join(lines))
 
 
 @dlq.command("show")

@@ -22,6 +22,7 @@ from redis.exceptions import WatchError
 
 from aam_dcl import keys
 from aam_dcl.errors import AamDclError
+from aam_dcl.inspect import list_streams
 
 ENTRY_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
 PAGE = 100  # dead letters per MULTI when replaying or purging --all
@@ -334,17 +335,11 @@ class PendingReport:
     oldest: list[PendingEntry] = field(default_factory=list)
 
 
-async def stream_connectors(client: aioredis.Redis, tenant: str) -> list[str]:
-    from aam_dcl.inspect import list_streams
-
-    return await list_streams(client, tenant)
-
-
 async def pending_report(
     client: aioredis.Redis, tenant: str, connector: str | None = None, limit: int = 10
 ) -> list[PendingReport]:
     """Per stream: who holds what (XPENDING summary + XINFO CONSUMERS), the oldest entries."""
-    connectors = [connector] if connector else await stream_connectors(client, tenant)
+    connectors = [connector] if connector else await list_streams(client, tenant)
     group = keys.group(tenant)
     reports = []
     for name in connectors:
@@ -423,15 +418,11 @@ async def resume(client: aioredis.Redis, tenant: str) -> dict[str, Any] | None:
     return _flag(previous)
 
 
-async def pause_state(client: aioredis.Redis, tenant: str) -> dict[str, Any] | None:
-    return _flag(await client.get(keys.paused_flag(tenant)))
-
-
 def _flag(raw: Any) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:  # set by hand (redis-cli SET): still a pause
-        return {"by": escaped(raw), "at_ms": None, "reason": ""}
+        return {"by": as_text(raw), "at_ms": None, "reason": ""}
     return value if isinstance(value, dict) else {"by": str(value), "at_ms": None, "reason": ""}
