@@ -106,7 +106,9 @@ class StreamConsumer:
                 await self.step()
                 backoff.reset()
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                # NOGROUP: the stream (and with it the group) was deleted; UNBLOCKED: deleted
+                # while this consumer was blocked reading it. Re-create the group from 0.
+                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                     raise
                 log.warning("group_missing", stream=self.stream, error=str(exc))
                 self.group_ready = False
@@ -159,7 +161,7 @@ class StreamConsumer:
         try:
             reply = await self._wait_for(call)
         except ResponseError as exc:
-            if "NOGROUP" in str(exc):
+            if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
                 self.group_ready = False
             raise
         if not reply:
@@ -228,20 +230,39 @@ class StreamConsumer:
                 out.dead.append(self._dead(entry_id, fields, deliveries, exc.reason, str(exc)))
                 out.ack.append(entry_id)
                 continue
+            candidates.append((entry_id, batch))
+
+        # Duplicates first: a batch already processed is acked, however often it was delivered.
+        fresh = await self._drop_processed(candidates, out)
+        fresh = self._drop_overdelivered(fresh, entries, deliveries, out)
+        await self._write(fresh, out, deliveries, entries)
+        await self._finalize(out)
+        self._observe(out, started)
+
+    def _drop_overdelivered(
+        self,
+        fresh: list[tuple[bytes, Batch]],
+        entries: list[Entry],
+        deliveries: dict[bytes, int],
+        out: Outcome,
+    ) -> list[tuple[bytes, Batch]]:
+        """Dead-letter batches delivered more than DCL_MAX_DELIVERIES times (they kill workers)."""
+        if not deliveries:
+            return fresh
+        fields_of = dict(entries)
+        kept = []
+        for entry_id, batch in fresh:
             count = deliveries.get(entry_id, 1)
             if count > self.settings.max_deliveries:
                 reason = f"delivered {count} times, over DCL_MAX_DELIVERIES"
+                fields = fields_of.get(entry_id) or {}
                 out.dead.append(
                     self._dead(entry_id, fields, deliveries, "max_deliveries", reason, batch)
                 )
                 out.ack.append(entry_id)
-                continue
-            candidates.append((entry_id, batch))
-
-        fresh = await self._drop_processed(candidates, out)
-        await self._write(fresh, out, deliveries, entries)
-        await self._finalize(out)
-        self._observe(out, started)
+            else:
+                kept.append((entry_id, batch))
+        return kept
 
     async def _drop_processed(
         self, candidates: list[tuple[bytes, Batch]], out: Outcome

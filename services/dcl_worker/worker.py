@@ -191,6 +191,9 @@ class Worker:
             pipe.xlen(keys.dead_letter_stream(self.tenant, connector))
         pipe.scard(keys.processed_set(self.tenant))
         replies = await pipe.execute(raise_on_error=False)
+        errors = {str(r) for r in replies if isinstance(r, Exception)}
+        for error in sorted(errors):  # e.g. NOPERM from a too narrow ACL: gauges would go stale
+            log.warning("monitor_command_failed", error=error)
         now_ms = time.time() * 1000
         for i, connector in enumerate(connectors):
             length, groups, pending, dlq_length = replies[4 * i : 4 * i + 4]

@@ -1,13 +1,16 @@
-"""The one way aam-dcl opens a Redis connection: TLS verified for rediss://, timeouts set,
-retries with jittered exponential backoff for transient connection errors."""
+"""The one way aam-dcl opens a Redis connection: TLS verified for rediss://, timeouts set.
+
+The client never retries a command by itself. A silently retried XREADGROUP whose first reply
+was lost leaves entries pending under the consumer that nobody is processing (they would be
+trimmed before a reclaim); a retried MULTI may run twice. Every caller handles connection
+errors itself, with bounded jittered backoff, where it knows what is safe to repeat.
+"""
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import EqualJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.backoff import NoBackoff
 
 from aam_dcl.config import Settings
 
@@ -22,7 +25,6 @@ def connect(settings: Settings, *, url: str | None = None) -> aioredis.Redis:
         socket_connect_timeout=5.0,
         socket_timeout=settings.block_ms / 1000 + _SOCKET_MARGIN_S,
         health_check_interval=30,
-        retry=Retry(EqualJitterBackoff(cap=2.0, base=0.05), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        retry=Retry(NoBackoff(), retries=0),
         max_connections=64,
     )

@@ -239,3 +239,22 @@ async def test_a_batch_reclaimed_from_a_slow_consumer_is_applied_once(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_an_already_processed_batch_is_acked_as_duplicate_however_often_delivered(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """Not dead-lettered: that would tell operators data is missing when it is not."""
+    stream = keys.stream("default", "crm")
+    await publish(redis, "crm", range(1, 2))
+    async with running_worker(settings):
+        await wait_until(lambda: drained(redis), what="the batch to be processed")
+    await publish(redis, "crm", range(1, 2))  # a re-sent copy of the same batch
+    await redis.xreadgroup(GROUP, settings.consumer_name, {stream: ">"})
+    for _ in range(3):
+        await redis.xreadgroup(GROUP, settings.consumer_name, {stream: "0"})
+    duplicates_before = counter(metrics.BATCHES, "default", "crm", "duplicate")
+    async with running_worker(settings.model_copy(update={"max_deliveries": 1})):
+        await wait_until(lambda: drained(redis), what="the copy to be acked")
+    assert await redis.xlen(keys.dead_letter_stream("default", "crm")) == 0
+    assert counter(metrics.BATCHES, "default", "crm", "duplicate") == duplicates_before + 1
