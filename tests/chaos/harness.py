@@ -104,6 +104,14 @@ class Daemon:
     def returncode(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
+    def wait(self, timeout_s: float) -> int | None:
+        """The exit code once the process ends by itself, or None after ``timeout_s``."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
@@ -155,6 +163,13 @@ class ChaosRedis:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    """The harness's own client: a connection cut by a Redis restart is retried once more."""
+    return aioredis.Redis.from_url(
+        url, socket_timeout=5, retry=Retry(NoBackoff(), 2), retry_on_error=[RedisConnectionError]
+    )
 
 
 @dataclass
@@ -250,12 +265,7 @@ class ChaosRun:
     async def run(self) -> Report:
         self.started = time.monotonic()
         self.redis = ChaosRedis(self.workdir / "redis")
-        self.client = aioredis.Redis.from_url(
-            self.redis.url,
-            socket_timeout=5,
-            retry=Retry(NoBackoff(), 2),  # a connection cut by a Redis restart is retried
-            retry_on_error=[RedisConnectionError],
-        )
+        self.client = redis_client(self.redis.url)
         try:
             self._start_daemons()
             await self._drive()
