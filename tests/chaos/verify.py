@@ -274,8 +274,10 @@ def normalise(value: Any, kind: str) -> str:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError(value)
             number = float(value)
-            if kind == "integer" and not number.is_integer():
-                raise TypeError(value)
+            if kind == "integer":
+                if not number.is_integer():
+                    raise TypeError(value)
+                return str(int(number))
             return repr(round(number, 6))
         if kind == "boolean":
             if not isinstance(value, bool):
