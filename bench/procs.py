@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import queue
-import resource
 import threading
 import time
 import traceback
@@ -82,25 +81,50 @@ def _child(index: int, spec: Spec, barrier: Any, results: Any) -> None:
 
 
 async def _main(spec: Spec, barrier: Any) -> dict[str, Any]:
-    import psutil
     from systems import make_role
 
     role = make_role(spec.system, spec.role, spec.params)
     await role.setup()
-    me = psutil.Process()
-    rss_before = me.memory_info().rss
+    rss = RssSampler()
     barrier.wait(timeout=SETUP_TIMEOUT_S)
     started = time.perf_counter()
-    result = await role.run()
+    with rss:
+        result = await role.run()
     ended = result.pop("ended", None) or time.perf_counter()
-    rss_after = me.memory_info().rss
     await role.teardown()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    return {
-        **result,
-        "started": started,
-        "ended": ended,
-        "rss_before": rss_before,
-        "rss_after": rss_after,
-        "rss_peak": peak,
-    }
+    return {**result, "started": started, "ended": ended, **rss.report()}
+
+
+class RssSampler:
+    """Peak RSS of this process while the block runs, sampled every ``interval_s`` by a thread.
+
+    Not ``getrusage``'s ru_maxrss: on Linux it survives fork + exec, so a spawned process
+    reports its parent's peak as its own.
+    """
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self.before = self.peak = self.after = self._process.memory_info().rss
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __enter__(self) -> RssSampler:
+        self.before = self.peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.after = self._process.memory_info().rss
+        self.peak = max(self.peak, self.after)
+
+    def report(self) -> dict[str, int]:
+        return {"rss_before": self.before, "rss_peak": self.peak, "rss_after": self.after}

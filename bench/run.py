@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             client.close()
             server.stop()
     results["seconds"] = round(time.monotonic() - started, 1)
+    results["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
     table = render(results)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -186,11 +187,17 @@ def render(results: dict[str, Any]) -> str:
             f"{m['growth_difference_mib']:+.1f} MiB",
             "",
         ]
+    m = results["machine"]
     lines.append(
-        f"{results['machine']['cpus']} CPUs, Redis {results['machine']['redis']}, "
-        f"Python {results['machine']['python']}, commit {results['machine']['commit']}, "
-        f"{results['seconds']:.0f} s"
+        f"{m['cpus']} CPUs, Redis {m['redis']}, Python {m['python']}, commit {m['commit']}, "
+        f"{results['seconds']:.0f} s; load average {m['load_before'][0]:.1f} before, "
+        f"{m['load_after'][0]:.1f} after"
     )
+    if m["load_before"][0] > 0.5 * (m["cpus"] or 1):  # "after" includes the bench itself
+        lines.append(
+            "WARNING: other work was running on this machine: absolute numbers are low and "
+            "ratios noisy; re-run on an idle machine before drawing conclusions"
+        )
     return "\n".join(lines)
 
 
@@ -213,6 +220,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "commit": commit or "unknown",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_before": [round(x, 2) for x in os.getloadavg()],
     }
 
 
