@@ -67,19 +67,27 @@ class Publisher:
         return bytes(entry_id)
 
     async def unread(self) -> int:
-        """Entries the group has not finished with: lag (undelivered) + pending (unacked)."""
+        """Entries the group has not finished with: undelivered (lag) + pending (unacked).
+
+        XINFO's ``lag`` is only an estimate: nil after trimming, and overstated for good after
+        a restart from an AOF whose group counter is stale. So a group that has delivered the
+        stream's last entry has no lag, whatever XINFO says, and lag never exceeds XLEN.
+        """
         pipe = self.redis.pipeline(transaction=False)
         pipe.xinfo_groups(self.stream)
-        pipe.xlen(self.stream)
-        groups, length = await pipe.execute()
+        pipe.xinfo_stream(self.stream)
+        groups, stream = await pipe.execute()
+        length = int(stream["length"])
         metrics.STREAM_LENGTH.labels(*self.labels).set(length)
         for info in groups:
             if info["name"] == self.group.encode():
-                lag = info.get("lag")
-                # lag is nil after entries were trimmed out from under the group: assume all.
-                return int(info["pending"]) + (int(lag) if lag is not None else int(length))
+                if _id(info["last-delivered-id"]) >= _id(stream["last-generated-id"]):
+                    lag = 0
+                else:
+                    lag = min(length, length if info["lag"] is None else int(info["lag"]))
+                return int(info["pending"]) + lag
         await self.ensure_group()  # deleted under us: recreate, everything is unread
-        return int(length)
+        return length
 
     async def _wait_for_room(self) -> None:
         if self.room > 0:
@@ -106,3 +114,9 @@ class Publisher:
             metrics.BACKPRESSURE_ACTIVE.labels(*self.labels).set(0)
         log.info("backpressure_off", waited_s=round(time.monotonic() - waited_from, 2))
         self.room = self.limit - unread
+
+
+def _id(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
