@@ -439,7 +439,7 @@ class ChaosRun:
                 if not worker.running:
                     raise ChaosFailure(f"{worker.label} exited by itself\n" + worker.tail())
             await asyncio.sleep(0.1)
-        self._event("drained: no lag, nothing pending")
+        self._event("drained: every entry delivered and acknowledged")
 
     # --- Redis probes (each tolerates Redis being down) -----------------------------------
 
