@@ -1,4 +1,5 @@
-"""What the SQL sinks share: store names, identifier rules, and a write planned per table.
+"""What the SQL sinks share: store names, identifier rules, row versions, and a write planned
+per table.
 
 A write() is turned into one ``TableWrite`` per data table (all batches' parts of that
 table, in stream order) and, per table, a ``TableChange`` that says which DDL brings the
@@ -18,8 +19,35 @@ from aam_dcl.schema import infer_column_type, merge_types
 INBOX_TABLE = "_dcl_inbox"
 BATCH_ID_COLUMN = "_dcl_batch_id"
 INGESTED_AT_COLUMN = "_dcl_ingested_at"
+VERSION_COLUMN = "_dcl_version"  # the producer's order of the batch that last wrote the row
 RESERVED_PREFIX = "_dcl_"  # the sink's own columns; payload columns may not use it
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL truncates longer names silently: reject instead
+MAX_CHUNK_NUMBER = 999_999  # chunks of one run share run_start_ms; later ones sort last
+_CHUNKS_PER_MS = MAX_CHUNK_NUMBER + 1
+_MAX_VERSION = 2**63 - 1  # bigint
+
+
+@functools.lru_cache(maxsize=4096)  # a write's parts share a handful of ids
+def batch_version(batch_id: str) -> int:
+    """The producer's order of a batch, from ``{connector}_{run_start_ms}_{chunk_number}``.
+
+    ``run_start_ms * 1_000_000 + min(chunk_number, 999_999)``: a later run, or a later chunk
+    of the same run, has a higher version. Parsed from the right (connector names may hold
+    ``_``). An id of another shape (another producer's format), or one whose version would not
+    fit a bigint, is version 0: it never replaces a versioned row, and among version-0 rows
+    the last write wins as before.
+    """
+    parts = batch_id.rsplit("_", 2)
+    if len(parts) != 3 or not all(_is_digits(p) for p in parts[1:]):
+        return 0
+    run_start_ms, chunk_number = int(parts[1]), int(parts[2])
+    version = run_start_ms * _CHUNKS_PER_MS + min(chunk_number, MAX_CHUNK_NUMBER)
+    return version if version <= _MAX_VERSION else 0
+
+
+def _is_digits(text: str) -> bool:
+    # ASCII digits only: int() would also take '+5', ' 5' and other scripts' digits.
+    return text.isascii() and text.isdigit()
 
 
 def quote_ident(name: str) -> str:
@@ -71,6 +99,7 @@ class TablePart:
 
     batch_id: str
     records: list[Record]
+    version: int  # batch_version(batch_id)
 
 
 @dataclass(slots=True)
@@ -111,6 +140,7 @@ class TableInfo:
 
     columns: dict[str, str]
     primary_key: list[str]
+    versioned: bool = True  # False: created before VERSION_COLUMN existed; added on first use
 
 
 @dataclass(slots=True)
@@ -121,10 +151,11 @@ class TableChange:
     add: dict[str, str]  # new column -> logical type
     widen: dict[str, str]  # existing column -> wider logical type
     info: TableInfo  # the table after the change
+    add_version: bool = False  # add VERSION_COLUMN (bigint, default 0) to an older table
 
     @property
     def needed(self) -> bool:
-        return self.create or bool(self.add) or bool(self.widen)
+        return self.create or self.add_version or bool(self.add) or bool(self.widen)
 
 
 def plan_writes(batches: Iterable[Batch]) -> list[TableWrite]:
@@ -145,7 +176,9 @@ def plan_writes(batches: Iterable[Batch]) -> list[TableWrite]:
                 tw.primary_key = list(tb.schema.primary_key)
             if tb.records:
                 _add_undeclared_columns(tw, tb.records, batch.batch_id)
-                tw.parts.append(TablePart(batch.batch_id, tb.records))
+                tw.parts.append(
+                    TablePart(batch.batch_id, tb.records, batch_version(batch.batch_id))
+                )
             for key in tw.primary_key:
                 if key not in tw.columns:
                     raise SinkDataError(
@@ -181,7 +214,8 @@ def plan_change(
         wider = merge_types(stored, incoming)
         if wider != stored:
             widen[name] = after[name] = wider
-    return TableChange(False, add, widen, TableInfo(after, list(existing.primary_key)))
+    info = TableInfo(after, list(existing.primary_key))
+    return TableChange(False, add, widen, info, add_version=not existing.versioned)
 
 
 def unique_batches(batches: Sequence[Batch]) -> list[Batch]:
@@ -193,3 +227,18 @@ def unique_batches(batches: Sequence[Batch]) -> list[Batch]:
             seen.add(batch.batch_id)
             out.append(batch)
     return out
+
+
+def upsert_clause(primary_key: Sequence[str], updates: Sequence[str], target: str) -> str:
+    """``ON CONFLICT ... DO UPDATE`` that never lets an older version replace a newer row.
+
+    ``target`` is the alias the INSERT gives the table. ``>=`` rather than ``>``: a re-sent
+    copy of the stored batch (equal version) writes the same values again, and version-0 rows
+    (ids of another format) keep last-write-wins among themselves.
+    """
+    keys = ", ".join(map(quote_ident, primary_key))
+    sets = ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in updates)
+    return (
+        f"ON CONFLICT ({keys}) DO UPDATE SET {sets} "
+        f"WHERE {target}.{VERSION_COLUMN} <= excluded.{VERSION_COLUMN}"
+    )

@@ -28,6 +28,7 @@ from dcl_worker.sinks._sql import (
     INBOX_TABLE,
     INGESTED_AT_COLUMN,
     RESERVED_PREFIX,
+    VERSION_COLUMN,
     TableChange,
     TableInfo,
     TableWrite,
@@ -36,6 +37,7 @@ from dcl_worker.sinks._sql import (
     quote_ident,
     quote_literal,
     unique_batches,
+    upsert_clause,
 )
 from dcl_worker.sinks.base import Sink
 
@@ -62,6 +64,7 @@ _FROM_STORE = {
     "JSON": "json",
 }
 _SEQ, _POS, _ROWS, _ROW = "_dcl_seq", "_dcl_pos", "_dcl_rows", "_dcl_row"
+_TARGET = "_dcl_target"  # the INSERT's alias for the data table, for the upsert's WHERE
 _MIN_OBJECT_BYTES = 16 * 1024 * 1024  # read_json's default maximum_object_size
 
 # Errors that say the store cannot be used right now, as opposed to rejecting the data.
@@ -247,7 +250,14 @@ class DuckDBSink(Sink):
     ) -> None:
         try:
             lines = [
-                orjson.dumps({_SEQ: n, BATCH_ID_COLUMN: p.batch_id, _ROWS: p.records})
+                orjson.dumps(
+                    {
+                        _SEQ: n,
+                        BATCH_ID_COLUMN: p.batch_id,
+                        VERSION_COLUMN: p.version,
+                        _ROWS: p.records,
+                    }
+                )
                 for n, p in enumerate(tw.parts)
             ]
         except TypeError as exc:  # orjson.JSONEncodeError: a value JSON cannot hold
@@ -260,24 +270,25 @@ class DuckDBSink(Sink):
         fields = ", ".join(f"{_ROW}.{quote_ident(c)} AS {quote_ident(c)}" for c in columns)
         names = ", ".join(quote_ident(c) for c in columns)
         rows = (
-            f"SELECT {_SEQ}, {_POS}, {BATCH_ID_COLUMN}, {fields} FROM ("
-            f"SELECT {_SEQ}, {BATCH_ID_COLUMN}, unnest({_ROWS}) AS {_ROW}, "
+            f"SELECT {_SEQ}, {_POS}, {BATCH_ID_COLUMN}, {VERSION_COLUMN}, {fields} FROM ("
+            f"SELECT {_SEQ}, {BATCH_ID_COLUMN}, {VERSION_COLUMN}, unnest({_ROWS}) AS {_ROW}, "
             f"generate_subscripts({_ROWS}, 1) AS {_POS} FROM {source})"
         )
-        meta = f"{BATCH_ID_COLUMN}, {INGESTED_AT_COLUMN}"
-        target = f"INSERT INTO {quote_ident(tw.table)} ({names}, {meta})"
+        meta = [BATCH_ID_COLUMN, VERSION_COLUMN, INGESTED_AT_COLUMN]
+        target = f"INSERT INTO {quote_ident(tw.table)} AS {_TARGET} ({names}, {', '.join(meta)})"
+        values = f"{names}, {BATCH_ID_COLUMN}, {VERSION_COLUMN}, now()"
         pk = info.primary_key
         if pk:
             keys = ", ".join(quote_ident(c) for c in pk)
-            updates = [c for c in columns if c not in pk] + [BATCH_ID_COLUMN, INGESTED_AT_COLUMN]
+            updates = [c for c in columns if c not in pk] + meta
+            # One row per key: the newest version, then the last in stream order.
             sql = (
-                f"{target} SELECT DISTINCT ON ({keys}) {names}, {BATCH_ID_COLUMN}, now() "
-                f"FROM ({rows}) ORDER BY {keys}, {_SEQ} DESC, {_POS} DESC "
-                f"ON CONFLICT ({keys}) DO UPDATE SET "
-                + ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in updates)
+                f"{target} SELECT DISTINCT ON ({keys}) {values} FROM ({rows}) "
+                f"ORDER BY {keys}, {VERSION_COLUMN} DESC, {_SEQ} DESC, {_POS} DESC "
+                + upsert_clause(pk, updates, _TARGET)
             )
         else:
-            sql = f"{target} SELECT {names}, {BATCH_ID_COLUMN}, now() FROM ({rows})"
+            sql = f"{target} SELECT {values} FROM ({rows})"
         try:
             con.execute(sql)
         except (duckdb.ConversionException, duckdb.InvalidInputException) as exc:
@@ -318,6 +329,7 @@ def _read_json(path: str, types: dict[str, str], longest_line: int) -> str:
     fields = ", ".join(f"{quote_ident(c)} {t}" for c, t in types.items())
     columns = (
         f"{{{quote_literal(_SEQ)}: 'INTEGER', {quote_literal(BATCH_ID_COLUMN)}: 'VARCHAR', "
+        f"{quote_literal(VERSION_COLUMN)}: 'BIGINT', "
         f"{quote_literal(_ROWS)}: {quote_literal(f'STRUCT({fields})[]')}}}"
     )
     size = max(_MIN_OBJECT_BYTES, longest_line + 1)
@@ -345,7 +357,8 @@ def _read_table(con: duckdb.DuckDBPyConnection, table: str) -> TableInfo | None:
         "current_schema() AND table_name = ? AND constraint_type = 'PRIMARY KEY'",
         [table],
     ).fetchone()
-    return TableInfo(columns, list(pk[0]) if pk else [])
+    versioned = any(name == VERSION_COLUMN for name, _ in rows)
+    return TableInfo(columns, list(pk[0]) if pk else [], versioned)
 
 
 def _alter(con: duckdb.DuckDBPyConnection, table: str, change: TableChange) -> None:
@@ -356,6 +369,9 @@ def _alter(con: duckdb.DuckDBPyConnection, table: str, change: TableChange) -> N
         if not change.create:
             _copy_into_rebuild(con, table, change.info)
         return
+    if change.add_version:  # a table from before row versions: its rows are version 0
+        version = f"{VERSION_COLUMN} BIGINT NOT NULL DEFAULT 0"
+        con.execute(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {version}")
     for column, logical in change.add.items():
         con.execute(
             f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {quote_ident(column)} {TYPES[logical]}"
@@ -368,7 +384,11 @@ def _alter(con: duckdb.DuckDBPyConnection, table: str, change: TableChange) -> N
 
 def _create(con: duckdb.DuckDBPyConnection, table: str, info: TableInfo) -> None:
     defs = [f"{quote_ident(c)} {TYPES[t]}" for c, t in info.columns.items()]
-    defs += [f"{BATCH_ID_COLUMN} VARCHAR", f"{INGESTED_AT_COLUMN} TIMESTAMPTZ"]
+    defs += [
+        f"{BATCH_ID_COLUMN} VARCHAR",
+        f"{VERSION_COLUMN} BIGINT NOT NULL DEFAULT 0",
+        f"{INGESTED_AT_COLUMN} TIMESTAMPTZ",
+    ]
     if info.primary_key:
         defs.append(f"PRIMARY KEY ({', '.join(quote_ident(c) for c in info.primary_key)})")
     con.execute(f"CREATE TABLE IF NOT EXISTS {quote_ident(table)} ({', '.join(defs)})")
@@ -378,7 +398,10 @@ def _copy_into_rebuild(con: duckdb.DuckDBPyConnection, table: str, info: TableIn
     rebuild = f"{table}__dcl_rebuild"
     stored = _read_table(con, table)
     old = stored.columns if stored else {}
-    columns = [c for c in info.columns if c in old] + [BATCH_ID_COLUMN, INGESTED_AT_COLUMN]
+    meta = [BATCH_ID_COLUMN, INGESTED_AT_COLUMN]
+    if stored and stored.versioned:  # otherwise the rebuilt rows take the default, 0
+        meta.append(VERSION_COLUMN)
+    columns = [c for c in info.columns if c in old] + meta
     names = ", ".join(quote_ident(c) for c in columns)
     casts = ", ".join(
         f"CAST({quote_ident(c)} AS {TYPES[info.columns[c]]})"

@@ -3,7 +3,8 @@
 One write() is one transaction. The inbox rows go first (``INSERT ... ON CONFLICT DO
 NOTHING RETURNING``: a second writer of the same batch waits on the first one's row lock,
 then finds the row and skips the batch). Then, per table, the rows are COPYed into a temp
-staging table and merged with ``INSERT ... SELECT DISTINCT ON ... ON CONFLICT DO UPDATE``.
+staging table and merged with ``INSERT ... SELECT DISTINCT ON ... ON CONFLICT DO UPDATE``,
+which replaces a stored row only with an equal or newer ``_dcl_version``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dcl_worker.sinks._sql import (
     INBOX_TABLE,
     INGESTED_AT_COLUMN,
     RESERVED_PREFIX,
+    VERSION_COLUMN,
     TableChange,
     TableInfo,
     TableWrite,
@@ -35,6 +37,7 @@ from dcl_worker.sinks._sql import (
     plan_writes,
     quote_ident,
     unique_batches,
+    upsert_clause,
 )
 from dcl_worker.sinks.base import Sink
 
@@ -69,6 +72,8 @@ _UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58", "XX"})
 CONNECT_TIMEOUT_S = 10.0
 POOL_MAX_SIZE = 10
 DIRECT_RETRY_WRITES = 16
+_TARGET = "_dcl_target"  # the INSERT's alias for the data table, for the upsert's WHERE
+_VERSION_DEF = f"{VERSION_COLUMN} bigint NOT NULL DEFAULT 0"
 
 
 def parse_postgres_url(url: str) -> tuple[str, str]:
@@ -262,19 +267,22 @@ class PostgresSink(Sink):
             if not r["attname"].startswith(RESERVED_PREFIX)
         }
         keyed = sorted((r["key_pos"], r["attname"]) for r in rows if r["key_pos"] is not None)
-        return TableInfo(columns, [name for _, name in keyed])
+        versioned = any(r["attname"] == VERSION_COLUMN for r in rows)
+        return TableInfo(columns, [name for _, name in keyed], versioned)
 
     async def _alter(self, con: asyncpg.Connection, table: str, change: TableChange) -> None:
         name = self._name(table)
         if change.create:
             info = change.info
             defs = [f"{quote_ident(c)} {TYPES[t]}" for c, t in info.columns.items()]
-            defs += [f"{BATCH_ID_COLUMN} text", f"{INGESTED_AT_COLUMN} timestamptz"]
+            defs += [f"{BATCH_ID_COLUMN} text", _VERSION_DEF, f"{INGESTED_AT_COLUMN} timestamptz"]
             if info.primary_key:
                 defs.append(f"PRIMARY KEY ({', '.join(map(quote_ident, info.primary_key))})")
             await con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(defs)})")
             return
-        steps = [
+        # A table from before row versions: its rows are version 0 (no rewrite: a constant default).
+        steps = [f"ADD COLUMN IF NOT EXISTS {_VERSION_DEF}"] if change.add_version else []
+        steps += [
             f"ADD COLUMN IF NOT EXISTS {quote_ident(c)} {TYPES[t]}" for c, t in change.add.items()
         ]
         steps += [
@@ -291,8 +299,9 @@ class PostgresSink(Sink):
         records: list[Record] = list(chain.from_iterable(p.records for p in tw.parts))
         values = [_column_values(tw, records, c, logical[c]) for c in columns]
         batch_ids = list(chain.from_iterable(repeat(p.batch_id, len(p.records)) for p in tw.parts))
+        versions = list(chain.from_iterable(repeat(p.version, len(p.records)) for p in tw.parts))
         if await self._copy_direct(
-            con, tw.table, info.primary_key, logical, values, batch_ids, now
+            con, tw.table, info.primary_key, logical, values, batch_ids, versions, now
         ):
             return
         defs = [f"{quote_ident(c)} {_STAGE[logical[c]]}" for c in columns]
@@ -301,11 +310,11 @@ class PostgresSink(Sink):
         stage = f"{stage}_{hashlib.blake2b(repr(defs).encode(), digest_size=8).hexdigest()}"
         await con.execute(
             f"CREATE TEMP TABLE {stage} ({', '.join(defs)}, "
-            f"{BATCH_ID_COLUMN} text, _dcl_seq integer) ON COMMIT DROP"
+            f"{BATCH_ID_COLUMN} text, {VERSION_COLUMN} bigint, _dcl_seq integer) ON COMMIT DROP"
         )
         try:
             await con.copy_records_to_table(
-                stage, records=zip(*values, batch_ids, range(len(records)), strict=True)
+                stage, records=zip(*values, batch_ids, versions, range(len(records)), strict=True)
             )
         except (TypeError, ValueError, OverflowError) as exc:  # asyncpg could not encode a value
             raise SinkDataError(
@@ -315,20 +324,21 @@ class PostgresSink(Sink):
         exprs = {c: _expr(c, logical[c]) for c in columns}
         names = ", ".join(map(quote_ident, columns))
         select = ", ".join(exprs[c] for c in columns)
-        meta = f"{BATCH_ID_COLUMN}, {INGESTED_AT_COLUMN}"
-        sql = f"INSERT INTO {self._name(tw.table)} ({names}, {meta}) "
+        meta = [BATCH_ID_COLUMN, VERSION_COLUMN, INGESTED_AT_COLUMN]
+        sql = f"INSERT INTO {self._name(tw.table)} AS {_TARGET} ({names}, {', '.join(meta)}) "
+        select += f", s.{BATCH_ID_COLUMN}, s.{VERSION_COLUMN}, now() FROM {stage} s"
         pk = info.primary_key
         if pk:
             keys = ", ".join(exprs[c] for c in pk)
-            updates = [c for c in columns if c not in pk] + [BATCH_ID_COLUMN, INGESTED_AT_COLUMN]
+            updates = [c for c in columns if c not in pk] + meta
+            # One row per key: the newest version, then the last in stream order.
             sql += (
-                f"SELECT DISTINCT ON ({keys}) {select}, s.{BATCH_ID_COLUMN}, now() FROM {stage} s "
-                f"ORDER BY {keys}, s._dcl_seq DESC "
-                f"ON CONFLICT ({', '.join(map(quote_ident, pk))}) DO UPDATE SET "
-                + ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in updates)
+                f"SELECT DISTINCT ON ({keys}) {select} "
+                f"ORDER BY {keys}, s.{VERSION_COLUMN} DESC, s._dcl_seq DESC "
+                + upsert_clause(pk, updates, _TARGET)
             )
         else:
-            sql += f"SELECT {select}, s.{BATCH_ID_COLUMN}, now() FROM {stage} s"
+            sql += f"SELECT {select}"
         try:
             async with con.transaction():  # a savepoint, so a failure can be diagnosed
                 await con.execute(sql)
@@ -345,6 +355,7 @@ class PostgresSink(Sink):
         logical: dict[str, str],
         values: list[list[Any]],
         batch_ids: list[str],
+        versions: list[int],
         now: dt.datetime,
     ) -> bool:
         """COPY straight into the table when no row conflicts: about twice as fast as staging.
@@ -354,7 +365,8 @@ class PostgresSink(Sink):
         the table takes the staging path for its next DIRECT_RETRY_WRITES writes (an updating
         sync would otherwise fail a COPY every time). Anything else unexpected (a value Python
         cannot parse, a column type another worker changed) also returns False: the staging
-        path then decides, with the server's own casts and errors.
+        path then decides, with the server's own casts and errors. Only new keys get in this
+        way, so no stored version needs comparing: the staging path's upsert does that.
         """
         if pk and self._skip_direct.get(table, 0) > 0:
             self._skip_direct[table] -= 1
@@ -374,8 +386,8 @@ class PostgresSink(Sink):
                 await con.copy_records_to_table(
                     table,
                     schema_name=self.schema,
-                    columns=[*columns, BATCH_ID_COLUMN, INGESTED_AT_COLUMN],
-                    records=zip(*direct, batch_ids, repeat(now), strict=False),
+                    columns=[*columns, BATCH_ID_COLUMN, VERSION_COLUMN, INGESTED_AT_COLUMN],
+                    records=zip(*direct, batch_ids, versions, repeat(now), strict=False),
                 )
         except asyncpg.UniqueViolationError:
             self._skip_direct[table] = DIRECT_RETRY_WRITES
