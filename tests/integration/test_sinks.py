@@ -210,6 +210,135 @@ async def test_table_without_primary_key_appends(sink: Sink, store: Store) -> No
     assert await sink.count_rows() == {"crm__events": 4}
 
 
+# --- row versions: the producer's order, not arrival order ----------------------------------
+
+RUN_1, RUN_2 = 1_700_000_000_000, 1_700_000_600_000  # two sync runs' run_start_ms
+
+
+def version(run_start_ms: int, chunk: int) -> int:
+    return run_start_ms * 1_000_000 + chunk
+
+
+def summary(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(r["id"], r["name"], r["_dcl_batch_id"], r["_dcl_version"]) for r in rows]
+
+
+async def test_older_batch_written_after_a_newer_one_keeps_the_newer_rows(
+    sink: Sink, store: Store
+) -> None:
+    """A stale batch from an earlier run (a dead worker's pending entry) applied after the
+    next run's batch leaves the rows that batch wrote alone, and still adds its other keys."""
+    newer = batch(f"crm_{RUN_2}_1", [{"id": 1, "name": "v2"}, {"id": 2, "name": "v2"}])
+    older = batch(
+        f"crm_{RUN_1}_5",
+        [{"id": 1, "name": "v1"}, {"id": 2, "name": "v1"}, {"id": 3, "name": "v1"}],
+    )
+    assert await sink.write([newer]) == set()
+    assert await sink.write([older]) == set()  # applied (in the inbox), just not newer
+
+    assert summary(await store.rows()) == [
+        (1, "v2", f"crm_{RUN_2}_1", version(RUN_2, 1)),
+        (2, "v2", f"crm_{RUN_2}_1", version(RUN_2, 1)),
+        (3, "v1", f"crm_{RUN_1}_5", version(RUN_1, 5)),
+    ]
+    assert set(await store.inbox()) == {f"crm_{RUN_2}_1", f"crm_{RUN_1}_5"}
+
+    # A later chunk of the newer run still updates, whatever it arrives after.
+    await sink.write([batch(f"crm_{RUN_2}_2", [{"id": 1, "name": "v2.2"}])])
+    assert [(r["id"], r["name"]) for r in await store.rows()] == [(1, "v2.2"), (2, "v2"), (3, "v1")]
+
+
+async def test_older_batch_later_in_the_same_write_does_not_win(sink: Sink, store: Store) -> None:
+    """Within one write a key keeps the highest version first, stream order second."""
+    newer = batch(f"crm_{RUN_2}_1", [{"id": 1, "name": "v2"}, {"id": 1, "name": "v2-last"}])
+    older = batch(f"crm_{RUN_1}_9", [{"id": 1, "name": "v1"}, {"id": 2, "name": "v1"}])
+    await sink.write([newer, older])
+
+    assert summary(await store.rows()) == [
+        (1, "v2-last", f"crm_{RUN_2}_1", version(RUN_2, 1)),
+        (2, "v1", f"crm_{RUN_1}_9", version(RUN_1, 9)),
+    ]
+
+
+async def test_resent_copy_with_an_equal_version_is_idempotent(sink: Sink, store: Store) -> None:
+    """A batch applied again (its inbox row lost) rewrites the same values: nothing changes but
+    the ingestion time; equal versions replace, so the same row is never rejected as stale."""
+    b = batch(f"crm_{RUN_1}_1", [{"id": 1, "name": "Ada"}, {"id": 2, "name": "Grace"}])
+    await sink.write([b])
+    before = summary(await store.rows())
+    await store.query("DELETE FROM _dcl_inbox")
+
+    assert await sink.write([b]) == set()
+    assert summary(await store.rows()) == before
+    assert await sink.count_rows() == {"crm__contacts": 2}
+
+    # The same position in the producer's order under another id: the later write applies.
+    copy = batch(f"resent_{RUN_1}_1", [{"id": 1, "name": "Ada (copy)"}])
+    await sink.write([copy])
+    assert summary(await store.rows())[0] == (1, "Ada (copy)", copy.batch_id, version(RUN_1, 1))
+
+
+async def test_ids_of_another_format_are_version_0(sink: Sink, store: Store) -> None:
+    """Another producer's ids (no run and chunk to read) write version 0: last write wins
+    among them, and they never replace a row a versioned batch wrote."""
+    await sink.write([batch("manual-load", [{"id": 1, "name": "m1"}, {"id": 2, "name": "m1"}])])
+    await sink.write([batch("manual-load-2", [{"id": 1, "name": "m2"}])])
+    assert summary(await store.rows()) == [
+        (1, "m2", "manual-load-2", 0),
+        (2, "m1", "manual-load", 0),
+    ]
+
+    await sink.write([batch(f"crm_{RUN_1}_1", [{"id": 2, "name": "v1"}])])
+    await sink.write([batch("crm_x_y", [{"id": 1, "name": "m3"}, {"id": 2, "name": "m3"}])])
+    assert summary(await store.rows()) == [
+        (1, "m3", "crm_x_y", 0),
+        (2, "v1", f"crm_{RUN_1}_1", version(RUN_1, 1)),
+    ]
+
+
+async def test_appended_rows_carry_their_batch_version(sink: Sink, store: Store) -> None:
+    """Without a primary key nothing is compared: every row is appended with its version."""
+    await sink.write([batch(f"crm_{RUN_2}_1", [{"id": 1}], primary_key=[], table="events")])
+    await sink.write([batch(f"crm_{RUN_1}_1", [{"id": 1}], primary_key=[], table="events")])
+    rows = await store.rows(table="crm__events", order="_dcl_version")
+    assert [r["_dcl_version"] for r in rows] == [version(RUN_1, 1), version(RUN_2, 1)]
+
+
+async def test_key_column_widened_keeps_versions(sink: Sink, store: Store) -> None:
+    """Widening a key column (DuckDB rebuilds the table) keeps the stored versions: an older
+    batch that forces the widening still cannot replace the newer row."""
+    await sink.write([batch(f"crm_{RUN_2}_1", [{"id": 1, "name": "v2"}])])
+    await sink.write(
+        [batch(f"crm_{RUN_1}_1", [{"id": "1", "name": "v1"}, {"id": "x", "name": "v1"}])]
+    )
+    assert summary(await store.rows()) == [
+        ("1", "v2", f"crm_{RUN_2}_1", version(RUN_2, 1)),
+        ("x", "v1", f"crm_{RUN_1}_1", version(RUN_1, 1)),
+    ]
+
+
+@pytest.mark.parametrize("key", [1, "1"], ids=["same-key-type", "key-widened"])
+async def test_table_from_before_row_versions_gets_the_column(
+    sink: Sink, store: Store, key: int | str
+) -> None:
+    """A data table created without _dcl_version gets it on first use (also when the first
+    write widens the key, which DuckDB does by rebuilding); its rows read 0, so any versioned
+    batch updates them."""
+    await store.query(
+        "CREATE TABLE crm__contacts (id bigint PRIMARY KEY, name text, "
+        "_dcl_batch_id text, _dcl_ingested_at timestamptz)"
+    )
+    await store.query(
+        "INSERT INTO crm__contacts VALUES (1, 'old', 'b1', now()), (2, 'old', 'b1', now())"
+    )
+    await sink.write([batch(f"crm_{RUN_1}_1", [{"id": key, "name": "v1"}])])
+    assert summary(await store.rows()) == [
+        (key, "v1", f"crm_{RUN_1}_1", version(RUN_1, 1)),
+        (type(key)(2), "old", "b1", 0),
+    ]
+    assert (await store.column_types())["_dcl_version"] == "bigint"
+
+
 async def test_tables_are_named_connector__table_and_kept_apart(sink: Sink) -> None:
     """One batch may carry several tables; each connector's tables are separate store tables."""
     two = batch("crm_1_1", [{"id": 1}])

@@ -370,8 +370,9 @@ def _alter(con: duckdb.DuckDBPyConnection, table: str, change: TableChange) -> N
             _copy_into_rebuild(con, table, change.info)
         return
     if change.add_version:  # a table from before row versions: its rows are version 0
-        version = f"{VERSION_COLUMN} BIGINT NOT NULL DEFAULT 0"
-        con.execute(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {version}")
+        # No IF NOT EXISTS: DuckDB refuses it with NOT NULL. The catalog was read in this
+        # transaction, and only this process can open the file.
+        con.execute(f"ALTER TABLE {name} ADD COLUMN {VERSION_COLUMN} BIGINT NOT NULL DEFAULT 0")
     for column, logical in change.add.items():
         con.execute(
             f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {quote_ident(column)} {TYPES[logical]}"
