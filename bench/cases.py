@@ -112,9 +112,16 @@ def transport(cfg: Config, client: redis.Redis, log: Any) -> dict[str, Any]:
         s: {phase: statistics.median(v) for phase, v in phases.items()}
         for s, phases in runs.items()
     }
-    ours = systems["aam-dcl"]
+    # Ratios pair runs of the same repetition (minutes apart at most), then take the median:
+    # steadier than a ratio of medians when other work comes and goes on the machine.
+    ours = runs["aam-dcl"]
     ratios = {
-        peer: {phase: ours[phase] / systems[peer][phase] for phase in ours}
+        peer: {
+            phase: statistics.median(
+                a / b for a, b in zip(ours[phase], runs[peer][phase], strict=True)
+            )
+            for phase in ours
+        }
         for peer in ("faststream", "limit", "redis-py")
     }
     return {
