@@ -21,6 +21,7 @@ from redis.typing import EncodableT, FieldT
 from aam_bridge import metrics
 from aam_dcl import keys
 from aam_dcl.config import Settings
+from aam_dcl.stream_info import group_lag
 
 log = structlog.get_logger("aam_bridge.publisher")
 
@@ -67,12 +68,7 @@ class Publisher:
         return bytes(entry_id)
 
     async def unread(self) -> int:
-        """Entries the group has not finished with: undelivered (lag) + pending (unacked).
-
-        XINFO's ``lag`` is only an estimate: nil after trimming, and overstated for good after
-        a restart from an AOF whose group counter is stale. So a group that has delivered the
-        stream's last entry has no lag, whatever XINFO says, and lag never exceeds XLEN.
-        """
+        """Entries the group has not finished with: undelivered (lag) + pending (unacked)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.xinfo_groups(self.stream)
         pipe.xinfo_stream(self.stream)
@@ -81,11 +77,7 @@ class Publisher:
         metrics.STREAM_LENGTH.labels(*self.labels).set(length)
         for info in groups:
             if info["name"] == self.group.encode():
-                if _id(info["last-delivered-id"]) >= _id(stream["last-generated-id"]):
-                    lag = 0
-                else:
-                    lag = min(length, length if info["lag"] is None else int(info["lag"]))
-                return int(info["pending"]) + lag
+                return int(info["pending"]) + group_lag(info, stream)
         await self.ensure_group()  # deleted under us: recreate, everything is unread
         return length
 
@@ -114,9 +106,3 @@ class Publisher:
             metrics.BACKPRESSURE_ACTIVE.labels(*self.labels).set(0)
         log.info("backpressure_off", waited_s=round(time.monotonic() - waited_from, 2))
         self.room = self.limit - unread
-
-
-def _id(entry_id: bytes | str) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)

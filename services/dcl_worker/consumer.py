@@ -26,6 +26,7 @@ from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.errors import MessageError, SinkDataError, SinkUnavailable
 from aam_dcl.messages import Batch, decode
+from aam_dcl.stream_info import entry_id_key
 from dcl_worker import metrics
 from dcl_worker.finalize import DeadLetter, Finalizer
 from dcl_worker.sinks.base import Sink
@@ -380,7 +381,7 @@ class StreamConsumer:
         """Times each redelivered entry has been delivered (one XPENDING over their range)."""
         ids = [entry_id for entry_id, _ in entries]
         rows = await self.redis.xpending_range(
-            self.stream, self.group, min=min(ids, key=_id_key), max=max(ids, key=_id_key),
+            self.stream, self.group, min=min(ids, key=entry_id_key), max=max(ids, key=entry_id_key),
             count=len(ids), consumername=self.consumer,
         )  # fmt: skip
         return {_as_bytes(row["message_id"]): int(row["times_delivered"]) for row in rows}
@@ -455,11 +456,6 @@ class StreamConsumer:
 
 def _as_bytes(value: bytes | str | int) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
-
-
-def _id_key(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)
 
 
 Callback = Callable[[], Awaitable[None]]

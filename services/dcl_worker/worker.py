@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.errors import SinkUnavailable
+from aam_dcl.stream_info import group_lag
 from dcl_worker import metrics
 from dcl_worker.consumer import Backoff, StreamConsumer
 from dcl_worker.sinks.base import Sink
@@ -185,7 +186,7 @@ class Worker:
         pipe = self.redis.pipeline(transaction=False)
         for connector in connectors:
             stream = keys.stream(self.tenant, connector)
-            pipe.xlen(stream)
+            pipe.xinfo_stream(stream)
             pipe.xinfo_groups(stream)
             pipe.xpending(stream, group)
             pipe.xlen(keys.dead_letter_stream(self.tenant, connector))
@@ -196,16 +197,15 @@ class Worker:
             log.warning("monitor_command_failed", error=error)
         now_ms = time.time() * 1000
         for i, connector in enumerate(connectors):
-            length, groups, pending, dlq_length = replies[4 * i : 4 * i + 4]
+            stream_info, groups, pending, dlq_length = replies[4 * i : 4 * i + 4]
             labels = (self.tenant, connector)
-            if isinstance(length, int):
-                metrics.STREAM_LENGTH.labels(*labels).set(length)
+            if isinstance(stream_info, dict):
+                metrics.STREAM_LENGTH.labels(*labels).set(stream_info["length"])
             if isinstance(dlq_length, int):
                 metrics.DEAD_LETTER_LENGTH.labels(*labels).set(dlq_length)
             for info in groups if isinstance(groups, list) else []:
-                if info.get("name") == group.encode():
-                    if info.get("lag") is not None:
-                        metrics.GROUP_LAG.labels(*labels).set(info["lag"])
+                if info.get("name") == group.encode() and isinstance(stream_info, dict):
+                    metrics.GROUP_LAG.labels(*labels).set(group_lag(info, stream_info))
                     metrics.PENDING.labels(*labels).set(info.get("pending", 0))
             if isinstance(pending, dict):
                 oldest = pending.get("min")

@@ -18,12 +18,12 @@ _TRANSACTION = ["multi", "exec", "discard", "watch", "unwatch"]
 ROLE_COMMANDS: dict[str, list[str]] = {
     "bridge": [
         *_CONNECTION, *_TRANSACTION,
-        "xadd", "xgroup|create", "xinfo|groups", "xlen", "hset", "hgetall",
+        "xadd", "xgroup|create", "xinfo|groups", "xinfo|stream", "xlen", "hset", "hgetall",
     ],
     "worker": [
         *_CONNECTION, *_TRANSACTION,
         "scan", "exists", "xgroup|create", "xreadgroup", "xack", "xautoclaim", "xpending",
-        "xinfo|groups", "xlen", "smismember", "scard",
+        "xinfo|groups", "xinfo|stream", "xlen", "smismember", "scard",
         # the finalize script (EVALSHA, loaded on NOSCRIPT) and what it calls
         "evalsha", "eval", "script|load", "script|exists", "xadd", "sadd", "srem", "zadd",
         "zrangebyscore", "zrem", "expire",

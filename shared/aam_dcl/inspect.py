@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.redis_conn import connect
+from aam_dcl.stream_info import group_lag
 
 
 async def list_streams(client: aioredis.Redis, tenant: str) -> list[str]:
@@ -27,11 +28,13 @@ async def list_streams(client: aioredis.Redis, tenant: str) -> list[str]:
 async def stream_status(client: aioredis.Redis, tenant: str, connector: str) -> dict[str, Any]:
     stream = keys.stream(tenant, connector)
     pipe = client.pipeline(transaction=False)
-    pipe.xlen(stream)
+    pipe.xinfo_stream(stream)
     pipe.xinfo_groups(stream)
     pipe.xlen(keys.dead_letter_stream(tenant, connector))
     pipe.xpending(stream, keys.group(tenant))
-    length, groups, dead, pending = await pipe.execute(raise_on_error=False)
+    info_stream, groups, dead, pending = await pipe.execute(raise_on_error=False)
+    if not isinstance(info_stream, dict):  # the stream went away meanwhile
+        info_stream = {"length": 0, "last-generated-id": b"0-0"}
     group_rows = []
     for info in groups if isinstance(groups, list) else []:
         group_rows.append(
@@ -39,7 +42,7 @@ async def stream_status(client: aioredis.Redis, tenant: str, connector: str) -> 
                 "name": _s(info["name"]),
                 "consumers": info["consumers"],
                 "pending": info["pending"],
-                "lag": info.get("lag"),
+                "lag": group_lag(info, info_stream),
                 "last_delivered_id": _s(info["last-delivered-id"]),
             }
         )
@@ -49,7 +52,7 @@ async def stream_status(client: aioredis.Redis, tenant: str, connector: str) -> 
     return {
         "connector": connector,
         "stream": stream,
-        "length": length if isinstance(length, int) else None,
+        "length": info_stream["length"],
         "groups": group_rows,
         "oldest_pending_age_s": oldest_age_s,
         "dead_letters": dead if isinstance(dead, int) else 0,
