@@ -10,6 +10,7 @@ then one Lua call that dead-letters poison, marks processed and acks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aam_dcl import keys
@@ -92,11 +93,21 @@ class StreamConsumer:
         self.claim_cursor = b"0-0"
         self.in_flight = False
         self.group_ready = False
+        self._stop_waiter: asyncio.Future[Any] | None = None
 
     # --- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(tenant=self.tenant, connector=self.connector)
+        try:
+            await self._loop()
+        finally:
+            if self._stop_waiter is not None:
+                self._stop_waiter.cancel()
+                self._stop_waiter = None  # a restarted run() (after a crash) makes a new one
+        log.info("consumer_stopped")
+
+    async def _loop(self) -> None:
         backoff = Backoff()
         while not self.stopping.is_set():
             try:
@@ -121,7 +132,6 @@ class StreamConsumer:
                 delay = backoff.next_s()
                 log.warning("redis_unavailable", error=str(exc), retry_in_s=round(delay, 2))
                 await self._sleep(delay)
-        log.info("consumer_stopped")
 
     async def step(self) -> None:
         """One read and its handling."""
@@ -439,15 +449,16 @@ class StreamConsumer:
 
     async def _wait_for(self, awaitable: Awaitable[Any]) -> Any:
         """Await ``awaitable`` unless stopping is set first; then cancel it and return None."""
+        if self._stop_waiter is None:  # one waiter for the consumer's life, not one per read
+            self._stop_waiter = asyncio.ensure_future(self.stopping.wait())
         task = asyncio.ensure_future(awaitable)
-        stop = asyncio.ensure_future(self.stopping.wait())
-        try:
-            done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
+        done, _ = await asyncio.wait({task, self._stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             return task.result()
         task.cancel()
+        # An abandoned read may still end in an error: collect it rather than lose it.
+        with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+            await task
         return None
 
     async def _sleep(self, delay_s: float) -> None:

@@ -160,7 +160,7 @@ def _table(batch_id: str, index: int, body: Any) -> TableBatch:
         if not (isinstance(col, dict) and isinstance(col.get("name"), str) and col["name"]):
             raise WrongShape(f"{where} ({name}): every column needs a non-empty 'name'")
         col_type = col.get("type", "string")
-        if col_type not in COLUMN_TYPES:
+        if not isinstance(col_type, str) or col_type not in COLUMN_TYPES:
             raise WrongShape(
                 f"{where} ({name}): column {col['name']!r} has type {col_type!r}; "
                 f"allowed: {', '.join(sorted(COLUMN_TYPES))}"
