@@ -27,7 +27,6 @@ from prometheus_client import REGISTRY
 from aam_bridge.connectors.base import ConnectorConfig
 from aam_bridge.connectors.demo import DemoConnector
 from aam_bridge.main import serve as serve_bridge
-from aam_bridge.publisher import Publisher
 from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.local_server import LocalServer, free_port, start_local_server
@@ -472,32 +471,64 @@ async def test_xreadgroup_reply_lost_in_flight_is_not_trimmed_while_the_stream_k
     entries to the worker's consumer; the worker never saw them) and the bridge keeps publishing
     well past MAXLEN: those entries are still processed once; none is trimmed before it lands."""
     await own_redis.start()
-    connector = "salesforce"
-    batches = [crm_batch(connector, n, records=10) for n in range(1, 301)]
+    configs = demo_configs(records=600, page_size=100)[:1]
+    connector = configs[0].name
     async with tcp_proxy("127.0.0.1", own_redis.port) as proxy:
-        settings = fault_settings(
-            f"redis://127.0.0.1:{proxy.port}/0", tmp_path,
-            read_count=10, stream_maxlen=60, claim_idle_ms=5_000,
+        bridge_settings = fault_settings(
+            own_redis.url, tmp_path, batch_chunk_size=10, stream_maxlen=60, read_count=10,
+            claim_idle_ms=5_000,
         )  # fmt: skip
-        publisher = Publisher(settings, client, connector)  # the bridge's side: no proxy
-        await publisher.ensure_group()
-
-        async def publish(part: list[Batch]) -> None:
-            for batch in part:
-                await publisher.publish(encode(batch), {"last_batch": batch.batch_id})
-
+        settings = bridge_settings.model_copy(
+            update={"redis_url": f"redis://127.0.0.1:{proxy.port}/0"}  # the worker's side
+        )
         with recorded_logs() as events:
             async with worker_task(settings):
-                await publish(batches[:20])
-                await wait_until(lambda: drained(client, [connector]), what="the first 20")
+                bridge = asyncio.create_task(
+                    serve_bridge(bridge_settings, asyncio.Event(), configs)
+                )
+
+                async def consuming() -> bool:
+                    return int(await client.scard(keys.processed_set(TENANT))) >= 5
+
+                await wait_until(consuming, what="the worker to process batches")
                 proxy.lose_reply_containing(b"batch_id")  # the next read's reply is lost
-                await asyncio.wait_for(publish(batches[20:]), 60)
+                await asyncio.wait_for(bridge, 60)
                 assert proxy.replies_lost == 1
                 await wait_until(lambda: drained(client, [connector]), 60, "the worker to drain")
         deleted = [e for e in events if e.get("event") == "pending_entries_deleted"]
         assert not deleted, f"pending entries were trimmed before they were processed: {deleted}"
 
-    stored = inbox(settings.sink_url)
-    lost = sorted({b.batch_id for b in batches} - set(stored), key=lambda i: int(i.split("_")[2]))
-    assert not lost, f"{len(lost)} batches never landed: {lost[:12]}"
-    assert len(store_rows(settings.sink_url, f"{connector}__deals", ["id"])) == 300 * 10
+    await assert_demo_landed_once(settings, configs, 0)
+    assert_chunks_contiguous(list(inbox(settings.sink_url)))
+
+
+async def test_entries_pending_at_a_dead_consumer_are_not_trimmed_before_reclaim(
+    own_redis: RedisHandle, client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """A consumer takes entries and dies for good (kill -9, never back under its name) while a
+    live worker acks everything newer and the bridge publishes far past MAXLEN: the dead
+    consumer's entries must survive until they are reclaimed (DESIGN §4.2), so all lands once."""
+    await own_redis.start()
+    configs = demo_configs(records=600, page_size=100)[:1]
+    connector = configs[0].name
+    stream, group = keys.stream(TENANT, connector), keys.group(TENANT)
+    settings = fault_settings(
+        own_redis.url, tmp_path, batch_chunk_size=10, stream_maxlen=60, read_count=10,
+        claim_idle_ms=3_000,
+    )  # fmt: skip
+    await client.xgroup_create(stream, group, id="0", mkstream=True)
+    bridge = asyncio.create_task(serve_bridge(settings, asyncio.Event(), configs))
+
+    async def published() -> bool:
+        return int(await client.xlen(stream)) >= 10
+
+    await wait_until(published, what="the first entries")
+    reply = await client.xreadgroup(group, "dead-worker", {stream: ">"}, count=10)
+    held = [entry_id for entry_id, _ in reply[0][1]]
+    with recorded_logs() as events:
+        async with worker_task(settings):
+            await asyncio.wait_for(bridge, 60)
+            await wait_until(lambda: drained(client, [connector]), 60, "the worker to drain")
+    deleted = [e for e in events if e.get("event") == "pending_entries_deleted"]
+    assert not deleted, f"{len(held)} entries held by a dead consumer were trimmed: {deleted}"
+    await assert_demo_landed_once(settings, configs, 0)
