@@ -27,6 +27,8 @@ from aam_dcl.schema import table_batch
 
 log = structlog.get_logger("aam_bridge.sync")
 
+FLUSH_AFTER_S = 0.005  # how long cut chunks may wait for more before they are published
+
 
 @dataclass
 class SyncState:
@@ -125,15 +127,29 @@ class SyncRunner:
     async def _sync_table(self, table: TableSpec, state: SyncState) -> int:
         """Publish the table's records after ``state.pos_cursor``; returns records published.
 
-        The full chunks of a page go out together, up to ``max_entries_per_call`` per MULTI with
-        the checkpoint after the last of them: few round trips, and still all or nothing.
+        Chunks are cut as pages arrive and go out up to ``max_entries_per_call`` per MULTI,
+        each MULTI with the checkpoint of its last chunk: few round trips, all or nothing.
+        A chunk waits at most ``FLUSH_AFTER_S`` (plus one page read) for company.
         """
         chunk_size = self.settings.batch_chunk_size
+        step = self.publisher.max_entries_per_call
         skip = state.pos_skip
-        base, published_since_base = state.pos_cursor, state.pos_skip
+        base, since = state.pos_cursor, state.pos_skip  # resume point: cursor + records after it
         buffer: list[Record] = []
+        ready: list[tuple[list[Record], tuple[str | None, int]]] = []  # chunk, its resume point
+        ready_at = 0.0
         last_cursor = state.pos_cursor
         published = 0
+
+        async def flush() -> None:
+            nonlocal published
+            for i in range(0, len(ready), step):
+                group = ready[i : i + step]
+                state.pos_cursor, state.pos_skip = group[-1][1]
+                await self._publish(table, [chunk for chunk, _ in group], state)
+                published += sum(len(chunk) for chunk, _ in group)
+            ready.clear()
+
         async for page in self.connector.read(table, state.pos_cursor):
             records = page.records
             if skip:
@@ -142,26 +158,23 @@ class SyncRunner:
                 skip -= dropped
             buffer.extend(records)
             full = len(buffer) - len(buffer) % chunk_size
-            if full:
-                chunks = [buffer[i : i + chunk_size] for i in range(0, full, chunk_size)]
-                buffer = buffer[full:]
-                step = self.publisher.max_entries_per_call
-                for group in (chunks[i : i + step] for i in range(0, len(chunks), step)):
-                    count = sum(map(len, group))
-                    published_since_base += count
-                    state.pos_cursor, state.pos_skip = base, published_since_base
-                    await self._publish(table, group, state)
-                    published += count
+            if full and not ready:
+                ready_at = time.monotonic()
+            for i in range(0, full, chunk_size):
+                since += chunk_size
+                ready.append((buffer[i : i + chunk_size], (base, since)))
+            buffer = buffer[full:]
             if page.cursor is not None:
                 last_cursor = page.cursor
             if not buffer and skip == 0:
-                # Everything up to this page is published: resume from its cursor from now on.
-                base, published_since_base = last_cursor, 0
+                # Everything up to this page is cut: later chunks resume from its cursor.
+                base, since = last_cursor, 0
+            if len(ready) >= step or (ready and time.monotonic() - ready_at >= FLUSH_AFTER_S):
+                await flush()
         if buffer:
-            published_since_base += len(buffer)
-            state.pos_cursor, state.pos_skip = base, published_since_base
-            await self._publish(table, [buffer], state)
-            published += len(buffer)
+            since += len(buffer)
+            ready.append((buffer, (base, since)))
+        await flush()
         if last_cursor is not None:
             state.cursors[table.name] = last_cursor
         return published

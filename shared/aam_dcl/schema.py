@@ -11,15 +11,16 @@ import re
 from collections.abc import Sequence
 from decimal import Decimal
 from itertools import chain
-from operator import methodcaller
+from operator import itemgetter, methodcaller
 from typing import Any
 
 from aam_dcl.messages import Column, Record, TableBatch, TableSchema
 
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_DATETIME_RE = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?$"
-)
+_DATE = r"\d{4}-\d{2}-\d{2}"
+_DATETIME = _DATE + r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:?\d{2})?)?"
+# Whole columns at once: one C-speed match over the values joined by newlines.
+_DATES_RE = re.compile(rf"(?:{_DATE}\n)*{_DATE}")
+_DATETIMES_RE = re.compile(rf"(?:{_DATETIME}\n)*{_DATETIME}")
 
 _NONE = type(None)
 _PY_TYPES: dict[type, str] = {
@@ -47,16 +48,15 @@ def merge_types(a: str | None, b: str) -> str:
 
 
 def _string_type(values: Sequence[str]) -> str:
-    """date or datetime if every string looks like one, else string (stops at the first miss)."""
-    found = "date"
-    for value in values:
-        if _DATE_RE.match(value):
-            continue
-        if _DATETIME_RE.match(value):
-            found = "datetime"
-            continue
+    """date or datetime if every string looks like one (a mix of both is datetime), else string."""
+    joined = "\n".join(values)
+    if joined.count("\n") != len(values) - 1:  # a value with a newline in it is no date
         return "string"
-    return found
+    if _DATES_RE.fullmatch(joined):
+        return "date"
+    if _DATETIMES_RE.fullmatch(joined):
+        return "datetime"
+    return "string"
 
 
 def infer_column_type(values: Sequence[Any]) -> str:
@@ -78,11 +78,22 @@ def infer_column_type(values: Sequence[Any]) -> str:
 
 def infer_schema(records: Sequence[Record], primary_key: Sequence[str] = ()) -> TableSchema:
     """Columns in order of first appearance, typed over all given records."""
-    names = dict.fromkeys(chain.from_iterable(records))  # C speed, keeps first-seen order
+    names = list(dict.fromkeys(chain.from_iterable(records)))  # C speed, first-seen order
     columns = [
-        Column(n, infer_column_type(list(map(methodcaller("get", n), records)))) for n in names
+        Column(n, infer_column_type(values))
+        for n, values in zip(names, _columns(records, names), strict=True)
     ]
     return TableSchema(columns, list(primary_key))
+
+
+def _columns(records: Sequence[Record], names: list[str]) -> list[Sequence[Any]]:
+    """The values of each column: one C-speed transpose when every record has every name."""
+    if len(names) > 1:
+        try:
+            return list(zip(*map(itemgetter(*names), records), strict=True))
+        except KeyError:  # ragged records: some lack a column
+            pass
+    return [list(map(methodcaller("get", name), records)) for name in names]
 
 
 def table_batch(
