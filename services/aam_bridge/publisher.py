@@ -1,10 +1,16 @@
 """Publishing to one connector stream: group first, back-pressure, XADD + checkpoint together.
 
-Every entry is added with ``XADD ... MAXLEN ~ AAM_REDIS_STREAM_MAXLEN`` (the guide's policy)
-in the same MULTI as the connector's checkpoint, so a chunk is either published and
-recorded, or neither. With ``AAM_TRIM_POLICY=block`` (the default) publishing waits while
-the group's lag + pending is above ``AAM_BACKPRESSURE_WATERMARK × MAXLEN``, so trimming only
-ever removes entries the group has already taken (DESIGN §4.2 fix).
+Each XADD goes in the same MULTI as the connector's checkpoint, so a chunk is either
+published and recorded, or neither. How the stream is trimmed is AAM_TRIM_POLICY:
+
+- ``trim`` — the guide's policy: ``XADD ... MAXLEN ~ AAM_REDIS_STREAM_MAXLEN``. It deletes the
+  oldest entries whether or not the group has taken them.
+- ``block`` (default, DESIGN §4.2 fix) — no unacknowledged entry is ever trimmed. The XADD
+  trims with ``MINID ~ <oldest unacknowledged id>``, so only entries the group has delivered
+  and acknowledged go; and publishing waits (back-pressure) while the group's lag + pending
+  is above ``AAM_BACKPRESSURE_WATERMARK × MAXLEN``, or while the stream is held long by an
+  old pending entry (a dead consumer's, until a worker reclaims it). MAXLEN counting lag +
+  pending alone is not enough: a pending entry sits at the old end, where MAXLEN cuts.
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ from redis.typing import EncodableT, FieldT
 from aam_bridge import metrics
 from aam_dcl import keys
 from aam_dcl.config import Settings
-from aam_dcl.stream_info import group_lag
+from aam_dcl.stream_info import entry_id_key, group_lag
 
 log = structlog.get_logger("aam_bridge.publisher")
 
 BACKPRESSURE_POLL_S = 0.2
+# Approximate trimming removes whole radix-tree nodes (stream-node-max-entries, 100 by
+# default): a fully acknowledged stream still keeps up to a node's worth of entries.
+NODE_SLACK = 200
 
 
 class Publisher:
@@ -38,7 +47,9 @@ class Publisher:
         self.state_key = keys.sync_state(settings.tenant_id, connector)
         self.labels = (settings.tenant_id, connector)
         self.limit = max(1, int(settings.stream_maxlen * settings.backpressure_watermark))
+        self.max_length = settings.stream_maxlen + NODE_SLACK
         self.room = 0  # entries we may add before asking Redis again
+        self.floor = "0-1"  # oldest unacknowledged id seen: MINID trims only below it
         # Entries per MULTI: few round trips, yet well below what back-pressure allows.
         self.max_entries_per_call = max(1, min(64, self.limit // 4))
 
@@ -55,59 +66,88 @@ class Publisher:
         self, payloads: list[bytes], checkpoint: Mapping[FieldT, EncodableT]
     ) -> list[bytes]:
         """XADD the entries and store ``checkpoint`` in the sync state, in one MULTI."""
-        if self.settings.trim_policy == "block":
+        safe = self.settings.trim_policy == "block"
+        if safe:
             await self._wait_for_room(len(payloads))
         started = time.perf_counter()
         pipe = self.redis.pipeline(transaction=True)
         for payload in payloads:
-            pipe.xadd(
-                self.stream,
-                {"payload": payload},
-                maxlen=self.settings.stream_maxlen,
-                approximate=True,
-            )
+            if safe:  # the floor may be stale (older): that only trims less
+                pipe.xadd(self.stream, {"payload": payload}, minid=self.floor, approximate=True)
+            else:
+                pipe.xadd(
+                    self.stream,
+                    {"payload": payload},
+                    maxlen=self.settings.stream_maxlen,
+                    approximate=True,
+                )
         pipe.hset(self.state_key, mapping=checkpoint)
         *entry_ids, _ = await pipe.execute()
         metrics.PUBLISH_SECONDS.labels(*self.labels).observe(time.perf_counter() - started)
         self.room -= len(payloads)
         return [bytes(entry_id) for entry_id in entry_ids]
 
-    async def unread(self) -> int:
-        """Entries the group has not finished with: undelivered (lag) + pending (unacked)."""
+    async def unread(self) -> tuple[int, int]:
+        """(lag + pending, XLEN) of the group; refreshes the trim floor on the way."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.xinfo_groups(self.stream)
         pipe.xinfo_stream(self.stream)
-        groups, stream = await pipe.execute()
+        pipe.xpending(self.stream, self.group)
+        groups, stream, pending = await pipe.execute(raise_on_error=False)
+        if isinstance(groups, Exception) or isinstance(stream, Exception):
+            await self.ensure_group()  # deleted under us: recreate, everything is unread
+            self.floor = "0-1"
+            return 0, 0
         length = int(stream["length"])
         metrics.STREAM_LENGTH.labels(*self.labels).set(length)
         for info in groups:
             if info["name"] == self.group.encode():
-                return int(info["pending"]) + group_lag(info, stream)
-        await self.ensure_group()  # deleted under us: recreate, everything is unread
-        return length
+                self.floor = _floor(info, pending)
+                return int(info["pending"]) + group_lag(info, stream), length
+        await self.ensure_group()
+        self.floor = "0-1"
+        return length, length
+
+    def _full(self, unread: int, length: int, entries: int) -> bool:
+        return unread + entries > self.limit or length + entries > self.max_length
 
     async def _wait_for_room(self, entries: int) -> None:
         if self.room >= entries:
             return
-        unread = await self.unread()
-        if unread + entries <= self.limit:
-            self.room = self.limit - unread
+        unread, length = await self.unread()
+        if not self._full(unread, length, entries):
+            self.room = min(self.limit - unread, self.max_length - length)
             return
         waited_from = time.monotonic()
         metrics.BACKPRESSURE_ACTIVE.labels(*self.labels).set(1)
         log.warning(
             "backpressure_on",
             unread=unread,
+            length=length,
             limit=self.limit,
             maxlen=self.settings.stream_maxlen,
-            hint="the worker lags; publishing waits instead of trimming unread entries",
+            hint="the worker lags or a dead consumer holds old entries; publishing waits "
+            "instead of trimming entries the group has not acknowledged",
         )
         try:
-            while unread + entries > self.limit:
+            while self._full(unread, length, entries):
                 await asyncio.sleep(BACKPRESSURE_POLL_S)
                 metrics.BACKPRESSURE_SECONDS.labels(*self.labels).inc(BACKPRESSURE_POLL_S)
-                unread = await self.unread()
+                unread, length = await self.unread()
         finally:
             metrics.BACKPRESSURE_ACTIVE.labels(*self.labels).set(0)
         log.info("backpressure_off", waited_s=round(time.monotonic() - waited_from, 2))
-        self.room = self.limit - unread
+        self.room = min(self.limit - unread, self.max_length - length)
+
+
+def _floor(group: Mapping[str, object], pending: object) -> str:
+    """The oldest id the group has not acknowledged: the oldest pending entry, or else the
+    first entry after the last delivered one."""
+    delivered = group["last-delivered-id"]
+    ms, seq = entry_id_key(delivered if isinstance(delivered, bytes | str) else "0-0")
+    floor = f"{ms}-{seq + 1}"
+    if isinstance(pending, dict) and pending.get("pending") and pending.get("min"):
+        oldest = pending["min"]
+        if entry_id_key(oldest) < entry_id_key(floor):
+            floor = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
+    return floor

@@ -26,5 +26,4 @@ def connect(settings: Settings, *, url: str | None = None) -> aioredis.Redis:
         socket_timeout=settings.block_ms / 1000 + _SOCKET_MARGIN_S,
         health_check_interval=30,
         retry=Retry(NoBackoff(), retries=0),
-        max_connections=64,
     )
