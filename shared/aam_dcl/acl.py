@@ -18,7 +18,8 @@ _TRANSACTION = ["multi", "exec", "discard", "watch", "unwatch"]
 ROLE_COMMANDS: dict[str, list[str]] = {
     "bridge": [
         *_CONNECTION, *_TRANSACTION,
-        "xadd", "xgroup|create", "xinfo|groups", "xinfo|stream", "xlen", "hset", "hgetall",
+        "xadd", "xgroup|create", "xinfo|groups", "xinfo|stream", "xpending", "xlen", "hset",
+        "hgetall",
     ],
     "worker": [
         *_CONNECTION, *_TRANSACTION,
