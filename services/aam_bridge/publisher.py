@@ -21,13 +21,12 @@ from collections.abc import Mapping
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
 from aam_bridge import metrics
 from aam_dcl import keys
 from aam_dcl.config import Settings
-from aam_dcl.stream_info import entry_id_key, group_lag
+from aam_dcl.stream_info import create_group, entry_id_key, group_lag
 
 log = structlog.get_logger("aam_bridge.publisher")
 
@@ -54,13 +53,8 @@ class Publisher:
         self.max_entries_per_call = max(1, min(64, self.limit // 4))
 
     async def ensure_group(self) -> None:
-        """Create the consumer group at 0 before the first XADD, so no entry predates it."""
-        try:
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-            log.info("group_created", stream=self.stream, group=self.group)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """Create the consumer group before the first XADD, so no entry predates it."""
+        await create_group(self.redis, self.stream, self.group)
 
     async def publish(
         self, payloads: list[bytes], checkpoint: Mapping[FieldT, EncodableT]

@@ -27,7 +27,7 @@ from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.errors import MessageError, SinkDataError, SinkUnavailable
 from aam_dcl.messages import Batch, decode
-from aam_dcl.stream_info import entry_id_key
+from aam_dcl.stream_info import create_group, entry_id_key
 from dcl_worker import metrics
 from dcl_worker.finalize import DeadLetter, Finalizer
 from dcl_worker.sinks.base import Sink
@@ -149,16 +149,9 @@ class StreamConsumer:
             await self.handle(entries, redelivered=False)
 
     async def ensure_group(self) -> None:
-        """Create the group at 0 (never $: that would skip what is already in the stream)."""
-        if self.group_ready:
-            return
-        try:
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-            log.info("group_created", stream=self.stream, group=self.group)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self.group_ready = True
+        if not self.group_ready:
+            await create_group(self.redis, self.stream, self.group)
+            self.group_ready = True
 
     async def _read(self, start: str, block_ms: int | None) -> list[Entry]:
         """XREADGROUP, abandoned (entries stay pending, re-read later) if stopping meanwhile."""

@@ -1,4 +1,7 @@
-"""Reading a stream's and a group's state right, for the bridge, the worker and the CLI.
+"""Streams and groups, done right for the bridge, the worker and the CLI.
+
+Groups are created at ``0`` with MKSTREAM, never at ``$`` (that would skip what is already in
+the stream); an existing group (BUSYGROUP) is fine.
 
 XINFO GROUPS' ``lag`` is an estimate: nil after entries were trimmed from under the group,
 and overstated for good after Redis replays an AOF whose group counter is stale (Redis 7.0
@@ -11,6 +14,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ResponseError
+
+log = structlog.get_logger("aam_dcl.streams")
+
+
+async def create_group(client: aioredis.Redis, stream: str, group: str) -> None:
+    """XGROUP CREATE stream group 0 MKSTREAM, tolerating a group that already exists."""
+    try:
+        await client.xgroup_create(stream, group, id="0", mkstream=True)
+        log.info("group_created", stream=stream, group=group)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
 
 
 def entry_id_key(entry_id: bytes | str) -> tuple[int, int]:
