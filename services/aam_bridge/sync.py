@@ -9,6 +9,8 @@ killed at any point resumes from there with the same ids: no gap, nothing sent t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -129,7 +131,8 @@ class SyncRunner:
 
         Chunks are cut as pages arrive and go out up to ``max_entries_per_call`` per MULTI,
         each MULTI with the checkpoint of its last chunk: few round trips, all or nothing.
-        A chunk waits at most ``FLUSH_AFTER_S`` (plus one page read) for company.
+        A chunk waits at most ``FLUSH_AFTER_S`` (plus one page read) for company. While one
+        MULTI is in flight the next pages are read, cut and encoded.
         """
         chunk_size = self.settings.batch_chunk_size
         step = self.publisher.max_entries_per_call
@@ -140,49 +143,63 @@ class SyncRunner:
         ready_at = 0.0
         last_cursor = state.pos_cursor
         published = 0
+        in_flight: asyncio.Task[None] | None = None  # one MULTI at a time, overlapping our work
 
         async def flush() -> None:
-            nonlocal published
+            nonlocal published, in_flight
             for i in range(0, len(ready), step):
-                group = ready[i : i + step]
-                state.pos_cursor, state.pos_skip = group[-1][1]
-                await self._publish(table, [chunk for chunk, _ in group], state)
-                published += sum(len(chunk) for chunk, _ in group)
+                group = [chunk for chunk, _ in ready[i : i + step]]
+                state.pos_cursor, state.pos_skip = ready[i : i + step][-1][1]
+                payloads = self._encode(table, group, state)
+                checkpoint = state.to_hash()
+                if in_flight is not None:
+                    await in_flight  # MULTIs stay in order: each checkpoint follows the last
+                in_flight = asyncio.create_task(self._send(payloads, checkpoint, group))
+                published += sum(map(len, group))
             ready.clear()
 
-        async for page in self.connector.read(table, state.pos_cursor):
-            records = page.records
-            if skip:
-                dropped = min(skip, len(records))
-                records = records[dropped:]
-                skip -= dropped
-            buffer.extend(records)
-            full = len(buffer) - len(buffer) % chunk_size
-            if full and not ready:
-                ready_at = time.monotonic()
-            for i in range(0, full, chunk_size):
-                since += chunk_size
-                ready.append((buffer[i : i + chunk_size], (base, since)))
-            buffer = buffer[full:]
-            if page.cursor is not None:
-                last_cursor = page.cursor
-            if not buffer and skip == 0:
-                # Everything up to this page is cut: later chunks resume from its cursor.
-                base, since = last_cursor, 0
-            if len(ready) >= step or (ready and time.monotonic() - ready_at >= FLUSH_AFTER_S):
-                await flush()
-        if buffer:
-            since += len(buffer)
-            ready.append((buffer, (base, since)))
-        await flush()
+        try:
+            async for page in self.connector.read(table, state.pos_cursor):
+                records = page.records
+                if skip:
+                    dropped = min(skip, len(records))
+                    records = records[dropped:]
+                    skip -= dropped
+                buffer.extend(records)
+                full = len(buffer) - len(buffer) % chunk_size
+                if full and not ready:
+                    ready_at = time.monotonic()
+                for i in range(0, full, chunk_size):
+                    since += chunk_size
+                    ready.append((buffer[i : i + chunk_size], (base, since)))
+                buffer = buffer[full:]
+                if page.cursor is not None:
+                    last_cursor = page.cursor
+                if not buffer and skip == 0:
+                    # Everything up to this page is cut: later chunks resume from its cursor.
+                    base, since = last_cursor, 0
+                if len(ready) >= step or (ready and time.monotonic() - ready_at >= FLUSH_AFTER_S):
+                    await flush()
+            if buffer:
+                since += len(buffer)
+                ready.append((buffer, (base, since)))
+            await flush()
+            if in_flight is not None:
+                await in_flight
+        finally:
+            if in_flight is not None and not in_flight.done():
+                # Failing or cancelled: the MULTI either ran or not; the run resumes from Redis.
+                in_flight.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await in_flight
         if last_cursor is not None:
             state.cursors[table.name] = last_cursor
         return published
 
-    async def _publish(
+    def _encode(
         self, table: TableSpec, chunks: list[list[Record]], state: SyncState
-    ) -> None:
-        """One entry per chunk, numbered on from ``state.next_chunk``, with the checkpoint."""
+    ) -> list[bytes]:
+        """One entry per chunk, numbered on from ``state.next_chunk`` (which it advances)."""
         assert state.run_start_ms is not None
         payloads = []
         for records in chunks:
@@ -202,7 +219,15 @@ class SyncRunner:
             )
             payloads.append(encode(batch))
             state.next_chunk += 1
-        await self.publisher.publish(payloads, state.to_hash())
+        return payloads
+
+    async def _send(
+        self,
+        payloads: list[bytes],
+        checkpoint: dict[FieldT, EncodableT],
+        chunks: list[list[Record]],
+    ) -> None:
+        await self.publisher.publish(payloads, checkpoint)
         metrics.BATCHES_PUBLISHED.labels(*self.labels).inc(len(chunks))
         metrics.RECORDS_PUBLISHED.labels(*self.labels).inc(sum(map(len, chunks)))
 
