@@ -20,7 +20,7 @@ from aam_bridge import metrics
 from aam_bridge.connectors.base import Connector
 from aam_bridge.sync import RunResult, SyncRunner
 from aam_dcl.config import Settings
-from aam_dcl.errors import AamDclError, ConfigError
+from aam_dcl.errors import AamDclError
 
 log = structlog.get_logger("aam_bridge")
 
@@ -89,13 +89,15 @@ class Bridge:
                     await connector.open()
                     opened = True
                 result = await runner.run_once()
-            except ConfigError:
-                raise
-            except (AamDclError, RedisError, OSError) as exc:
+            except Exception as exc:
+                # One connector's failure (its source, Redis, or a bug in it) never stops the
+                # bridge or the other connectors: log, count, retry with backoff. The retry
+                # resumes the interrupted run from its checkpoint.
                 failures += 1
                 metrics.SYNC_RUNS.labels(*labels, "failed").inc()
                 delay = min(60.0, 0.5 * 2**failures) * random.uniform(0.5, 1.0)
-                log.warning(
+                expected = isinstance(exc, AamDclError | RedisError | OSError)
+                (log.warning if expected else log.exception)(
                     "sync_run_failed", error=str(exc), error_type=type(exc).__name__,
                     retry_in_s=round(delay, 1),
                 )  # fmt: skip

@@ -258,3 +258,24 @@ async def test_an_already_processed_batch_is_acked_as_duplicate_however_often_de
         await wait_until(lambda: drained(redis), what="the copy to be acked")
     assert await redis.xlen(keys.dead_letter_stream("default", "crm")) == 0
     assert counter(metrics.BATCHES, "default", "crm", "duplicate") == duplicates_before + 1
+
+
+async def test_a_batch_whose_redis_mark_was_lost_is_not_applied_again(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """The store's inbox, written in the same transaction as the rows, is what makes a write
+    exactly once: with the processed set gone, redelivered batches are still duplicates."""
+    await publish(redis, "crm", range(1, 4), rows=10, primary_key=())  # append: doubles show
+    async with running_worker(settings):
+        await wait_until(lambda: drained(redis), what="first delivery")
+    await redis.delete(keys.processed_set("default"), keys.processed_expiry("default"))
+    await publish(redis, "crm", range(1, 4), rows=10, primary_key=())  # the same batches again
+    async with running_worker(settings):
+        await wait_until(lambda: drained(redis), what="redelivery")
+    sink = create_sink(settings.sink_url, "default")
+    await sink.open()
+    try:
+        assert await sink.count_rows() == {"crm__items": 30}
+    finally:
+        await sink.close()
+    assert await redis.scard(keys.processed_set("default")) == 3  # marked again, as duplicates
