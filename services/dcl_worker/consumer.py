@@ -99,6 +99,7 @@ class StreamConsumer:
 
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(tenant=self.tenant, connector=self.connector)
+        self.read_backlog = True  # a (re)start first finishes what this consumer holds
         try:
             await self._loop()
         finally:
