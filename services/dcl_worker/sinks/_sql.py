@@ -141,6 +141,9 @@ class TableInfo:
     columns: dict[str, str]
     primary_key: list[str]
     versioned: bool = True  # False: created before VERSION_COLUMN existed; added on first use
+    # False: INGESTED_AT_COLUMN has no server default (a PostgreSQL table from before it got
+    # ``DEFAULT now()``); set on first use, so COPY need not send the time with every row.
+    ingested_default: bool = True
 
 
 @dataclass(slots=True)
@@ -152,10 +155,17 @@ class TableChange:
     widen: dict[str, str]  # existing column -> wider logical type
     info: TableInfo  # the table after the change
     add_version: bool = False  # add VERSION_COLUMN (bigint, default 0) to an older table
+    set_ingested_default: bool = False  # give an older table's INGESTED_AT_COLUMN its default
 
     @property
     def needed(self) -> bool:
-        return self.create or self.add_version or bool(self.add) or bool(self.widen)
+        return (
+            self.create
+            or self.add_version
+            or self.set_ingested_default
+            or bool(self.add)
+            or bool(self.widen)
+        )
 
 
 def plan_writes(batches: Iterable[Batch]) -> list[TableWrite]:
@@ -215,7 +225,14 @@ def plan_change(
         if wider != stored:
             widen[name] = after[name] = wider
     info = TableInfo(after, list(existing.primary_key))
-    return TableChange(False, add, widen, info, add_version=not existing.versioned)
+    return TableChange(
+        False,
+        add,
+        widen,
+        info,
+        add_version=not existing.versioned,
+        set_ingested_default=not existing.ingested_default,
+    )
 
 
 def unique_batches(batches: Sequence[Batch]) -> list[Batch]:

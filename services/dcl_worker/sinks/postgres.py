@@ -14,7 +14,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Callable, Sequence
 from itertools import chain, repeat
-from operator import methodcaller
+from operator import attrgetter
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -74,6 +74,9 @@ POOL_MAX_SIZE = 10
 DIRECT_RETRY_WRITES = 16
 _TARGET = "_dcl_target"  # the INSERT's alias for the data table, for the upsert's WHERE
 _VERSION_DEF = f"{VERSION_COLUMN} bigint NOT NULL DEFAULT 0"
+# The transaction's start time, as the inbox's applied_at: COPY need not send it with every row
+# (encoding a timestamptz costs asyncpg more than any other column).
+_INGESTED_AT_DEF = f"{INGESTED_AT_COLUMN} timestamptz DEFAULT now()"
 
 
 def parse_postgres_url(url: str) -> tuple[str, str]:
@@ -216,7 +219,7 @@ class PostgresSink(Sink):
                     "(batch_id, tenant, connector, applied_at, record_count) "
                     "SELECT b, $2, c, now(), n FROM unnest($1::text[], $3::text[], $4::int[]) "
                     "AS u(b, c, n) ORDER BY b "  # one lock order for every writer
-                    "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id, applied_at",
+                    "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
                     ids,
                     self.tenant,
                     [b.connector for b in todo],
@@ -225,15 +228,13 @@ class PostgresSink(Sink):
                 applied = {row[0] for row in inserted}
                 fresh = [b for b in todo if b.batch_id in applied]
                 for n, tw in enumerate(plan_writes(fresh)):
-                    known[tw.table] = await self._apply(con, tw, n, inserted[0][1])
+                    known[tw.table] = await self._apply(con, tw, n)
         except BaseException as exc:
             raise self._translate(exc, f"writing batches {', '.join(ids[:3])}") from exc
         self._tables.update(known)
         return set(ids) - applied
 
-    async def _apply(
-        self, con: asyncpg.Connection, tw: TableWrite, n: int, now: dt.datetime
-    ) -> TableInfo:
+    async def _apply(self, con: asyncpg.Connection, tw: TableWrite, n: int) -> TableInfo:
         info = self._tables.get(tw.table)
         change = plan_change(info, tw.columns, tw.primary_key)
         if info is None or change.needed:
@@ -246,13 +247,13 @@ class PostgresSink(Sink):
             if change.needed:
                 await self._alter(con, tw.table, change)
         if tw.parts:
-            await self._insert(con, tw, change.info, f"_dcl_stage_{n}", now)
+            await self._insert(con, tw, change.info, f"_dcl_stage_{n}")
         return change.info
 
     async def _read_table(self, con: asyncpg.Connection, table: str) -> TableInfo | None:
         rows = await con.fetch(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type, "
-            "array_position(i.indkey::int2[], a.attnum) AS key_pos "
+            "array_position(i.indkey::int2[], a.attnum) AS key_pos, a.atthasdef "
             "FROM pg_attribute a LEFT JOIN pg_index i "
             "ON i.indrelid = a.attrelid AND i.indisprimary "
             "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped "
@@ -268,20 +269,23 @@ class PostgresSink(Sink):
         }
         keyed = sorted((r["key_pos"], r["attname"]) for r in rows if r["key_pos"] is not None)
         versioned = any(r["attname"] == VERSION_COLUMN for r in rows)
-        return TableInfo(columns, [name for _, name in keyed], versioned)
+        ingested_default = any(r["attname"] == INGESTED_AT_COLUMN and r["atthasdef"] for r in rows)
+        return TableInfo(columns, [name for _, name in keyed], versioned, ingested_default)
 
     async def _alter(self, con: asyncpg.Connection, table: str, change: TableChange) -> None:
         name = self._name(table)
         if change.create:
             info = change.info
             defs = [f"{quote_ident(c)} {TYPES[t]}" for c, t in info.columns.items()]
-            defs += [f"{BATCH_ID_COLUMN} text", _VERSION_DEF, f"{INGESTED_AT_COLUMN} timestamptz"]
+            defs += [f"{BATCH_ID_COLUMN} text", _VERSION_DEF, _INGESTED_AT_DEF]
             if info.primary_key:
                 defs.append(f"PRIMARY KEY ({', '.join(map(quote_ident, info.primary_key))})")
             await con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(defs)})")
             return
         # A table from before row versions: its rows are version 0 (no rewrite: a constant default).
         steps = [f"ADD COLUMN IF NOT EXISTS {_VERSION_DEF}"] if change.add_version else []
+        if change.set_ingested_default:  # catalog only: no rewrite, stored times stay
+            steps.append(f"ALTER COLUMN {INGESTED_AT_COLUMN} SET DEFAULT now()")
         steps += [
             f"ADD COLUMN IF NOT EXISTS {quote_ident(c)} {TYPES[t]}" for c, t in change.add.items()
         ]
@@ -292,7 +296,7 @@ class PostgresSink(Sink):
         await con.execute(f"ALTER TABLE {name} {', '.join(steps)}")
 
     async def _insert(
-        self, con: asyncpg.Connection, tw: TableWrite, info: TableInfo, stage: str, now: dt.datetime
+        self, con: asyncpg.Connection, tw: TableWrite, info: TableInfo, stage: str
     ) -> None:
         columns = list(dict.fromkeys([*tw.columns, *info.primary_key]))
         logical = {c: info.columns.get(c, "string") for c in columns}
@@ -301,7 +305,7 @@ class PostgresSink(Sink):
         batch_ids = list(chain.from_iterable(repeat(p.batch_id, len(p.records)) for p in tw.parts))
         versions = list(chain.from_iterable(repeat(p.version, len(p.records)) for p in tw.parts))
         if await self._copy_direct(
-            con, tw.table, info.primary_key, logical, values, batch_ids, versions, now
+            con, tw.table, info.primary_key, logical, values, batch_ids, versions
         ):
             return
         defs = [f"{quote_ident(c)} {_STAGE[logical[c]]}" for c in columns]
@@ -356,7 +360,6 @@ class PostgresSink(Sink):
         values: list[list[Any]],
         batch_ids: list[str],
         versions: list[int],
-        now: dt.datetime,
     ) -> bool:
         """COPY straight into the table when no row conflicts: about twice as fast as staging.
 
@@ -386,8 +389,8 @@ class PostgresSink(Sink):
                 await con.copy_records_to_table(
                     table,
                     schema_name=self.schema,
-                    columns=[*columns, BATCH_ID_COLUMN, VERSION_COLUMN, INGESTED_AT_COLUMN],
-                    records=zip(*direct, batch_ids, versions, repeat(now), strict=False),
+                    columns=[*columns, BATCH_ID_COLUMN, VERSION_COLUMN],
+                    records=zip(*direct, batch_ids, versions, strict=True),
                 )
         except asyncpg.UniqueViolationError:
             self._skip_direct[table] = DIRECT_RETRY_WRITES
@@ -403,18 +406,27 @@ def _direct_values(logical: dict[str, str], values: list[list[Any]]) -> list[lis
     try:
         for kind, column in zip(logical.values(), values, strict=True):
             if kind == "datetime":
-                column = [None if v is None else _parse_datetime(v) for v in column]
+                column = _as_utc(_parse(dt.datetime.fromisoformat, column))
             elif kind == "date":
-                column = [None if v is None else dt.date.fromisoformat(v) for v in column]
+                column = _parse(dt.date.fromisoformat, column)
             out.append(column)
     except ValueError:
         return None  # a format Python does not read: let the server's cast decide
     return out
 
 
-def _parse_datetime(text: str) -> dt.datetime:
-    value = dt.datetime.fromisoformat(text)
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+def _parse(parse: Callable[[str], Any], column: list[Any]) -> list[Any]:
+    try:
+        return list(map(parse, column))  # no per-value Python code when there is no NULL
+    except TypeError:
+        return [None if v is None else parse(v) for v in column]
+
+
+def _as_utc(column: list[dt.datetime | None]) -> list[dt.datetime | None]:
+    """Naive datetimes read as UTC (asyncpg would take them as the worker's local time)."""
+    if None not in map(attrgetter("tzinfo"), filter(None, column)):
+        return column
+    return [v if v is None or v.tzinfo is not None else v.replace(tzinfo=dt.UTC) for v in column]
 
 
 def _expr(column: str, logical: str) -> str:
@@ -489,7 +501,7 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
 
 def _column_values(tw: TableWrite, records: list[Record], column: str, logical: str) -> list[Any]:
     """One column's values as the staging table takes them; checks types once per column."""
-    values: list[Any] = list(map(methodcaller("get", column), records))
+    values: list[Any] = list(map(dict.get, records, repeat(column)))  # 3x a methodcaller
     if set(map(type, values)) <= _NATIVE[logical]:
         return values  # the common case: no per-value work
     return [_convert_one(tw, column, logical, i, v) for i, v in enumerate(values)]
