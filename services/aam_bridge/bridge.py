@@ -21,6 +21,7 @@ from aam_bridge.connectors.base import Connector
 from aam_bridge.sync import RunResult, SyncRunner
 from aam_dcl.config import Settings
 from aam_dcl.errors import AamDclError
+from aam_dcl.redis_conn import redis_problem
 
 log = structlog.get_logger("aam_bridge")
 
@@ -67,11 +68,7 @@ class Bridge:
         return None
 
     async def ready(self) -> str | None:
-        try:
-            await self.redis.ping()
-        except RedisError as exc:
-            return f"redis unreachable: {exc}"
-        return None
+        return await redis_problem(self.redis)
 
     async def _schedule(self, connector: Connector) -> None:
         config = connector.config

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.errors import SinkUnavailable
+from aam_dcl.redis_conn import redis_problem
 from aam_dcl.stream_info import group_lag
 from dcl_worker import metrics
 from dcl_worker.consumer import Backoff, StreamConsumer
@@ -112,10 +113,9 @@ class Worker:
         return None
 
     async def ready(self) -> str | None:
-        try:
-            await self.redis.ping()
-        except RedisError as exc:
-            return f"redis unreachable: {exc}"
+        problem = await redis_problem(self.redis)
+        if problem is not None:
+            return problem
         if not self.settings.use_aam_as_source:
             return None
         if not self.sink_ready:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from aam_dcl.config import Settings
 
@@ -27,3 +28,12 @@ def connect(settings: Settings, *, url: str | None = None) -> aioredis.Redis:
         health_check_interval=30,
         retry=Retry(NoBackoff(), retries=0),
     )
+
+
+async def redis_problem(client: aioredis.Redis) -> str | None:
+    """None when Redis answers PING, else what is wrong (for /readyz)."""
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        return f"redis unreachable: {exc}"
+    return None
