@@ -12,7 +12,7 @@ from aam_bridge.connectors.registry import create
 from aam_bridge.connectors_file import load_connectors
 from aam_dcl import __version__
 from aam_dcl.config import Settings
-from aam_dcl.http import start_http_server
+from aam_dcl.http import health_server
 from aam_dcl.logs import redacted_url
 from aam_dcl.redis_conn import connect
 
@@ -35,26 +35,25 @@ async def serve(
     connectors = [create(config) for config in configs]
     client = connect(settings)
     bridge = Bridge(settings, client, connectors, stopping)
-    port = DEFAULT_METRICS_PORT if settings.metrics_port is None else settings.metrics_port
-    runner = await start_http_server(
-        settings.metrics_host, port, live=bridge.live, ready=bridge.ready
-    )
-    log.info(
-        "bridge_started",
-        version=__version__,
-        tenant=settings.tenant_id,
-        redis=redacted_url(settings.effective_redis_url),
-        connectors=[c.name for c in configs],
-        chunk_size=settings.batch_chunk_size,
-        maxlen=settings.stream_maxlen,
-        trim_policy=settings.trim_policy,
-        metrics_port=port,
-    )
     try:
-        await bridge.run()
+        async with health_server(
+            settings.metrics_host, settings.metrics_port, DEFAULT_METRICS_PORT,
+            live=bridge.live, ready=bridge.ready,
+        ) as port:  # fmt: skip
+            log.info(
+                "bridge_started",
+                version=__version__,
+                tenant=settings.tenant_id,
+                redis=redacted_url(settings.effective_redis_url),
+                connectors=[c.name for c in configs],
+                chunk_size=settings.batch_chunk_size,
+                maxlen=settings.stream_maxlen,
+                trim_policy=settings.trim_policy,
+                metrics_port=port,
+            )
+            await bridge.run()
     finally:
         await client.aclose()
-        await runner.cleanup()
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import structlog
 
 from aam_dcl import __version__
 from aam_dcl.config import Settings
-from aam_dcl.http import start_http_server
+from aam_dcl.http import health_server
 from aam_dcl.logs import redacted_url
 from aam_dcl.redis_conn import connect
 from dcl_worker.sinks.registry import create_sink
@@ -24,25 +24,24 @@ async def serve(settings: Settings, stopping: asyncio.Event) -> None:
     client = connect(settings)
     sink = create_sink(settings.sink_url, settings.tenant_id)
     worker = Worker(settings, client, sink, stopping)
-    port = DEFAULT_METRICS_PORT if settings.metrics_port is None else settings.metrics_port
-    runner = await start_http_server(
-        settings.metrics_host, port, live=worker.live, ready=worker.ready
-    )
-    log.info(
-        "worker_started",
-        version=__version__,
-        tenant=settings.tenant_id,
-        consumer=settings.consumer_name,
-        redis=redacted_url(settings.effective_redis_url),
-        sink=redacted_url(settings.sink_url),
-        metrics_port=port,
-    )
     try:
-        await worker.run()
+        async with health_server(
+            settings.metrics_host, settings.metrics_port, DEFAULT_METRICS_PORT,
+            live=worker.live, ready=worker.ready,
+        ) as port:  # fmt: skip
+            log.info(
+                "worker_started",
+                version=__version__,
+                tenant=settings.tenant_id,
+                consumer=settings.consumer_name,
+                redis=redacted_url(settings.effective_redis_url),
+                sink=redacted_url(settings.sink_url),
+                metrics_port=port,
+            )
+            await worker.run()
     finally:
         await sink.close()
         await client.aclose()
-        await runner.cleanup()
 
 
 def main() -> None:

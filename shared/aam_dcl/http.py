@@ -8,7 +8,8 @@ readiness check (Redis reachable, group and sink ready) with a timeout.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import (
@@ -55,6 +56,19 @@ async def start_http_server(
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
+
+
+@contextlib.asynccontextmanager
+async def health_server(
+    host: str, port: int | None, default_port: int, *, live: LiveCheck, ready: ReadyCheck
+) -> AsyncIterator[int]:
+    """The daemon's HTTP server for the duration of the block; yields the configured port."""
+    port = default_port if port is None else port
+    runner = await start_http_server(host, port, live=live, ready=ready)
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
 
 
 def bound_port(runner: web.AppRunner) -> int:
