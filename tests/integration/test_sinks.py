@@ -131,6 +131,8 @@ async def test_write_applies_batch_and_records_it_in_inbox(sink: Sink, store: St
     assert inbox["crm_1_1"]["record_count"] == 2
     assert isinstance(inbox["crm_1_1"]["applied_at"], dt.datetime)
     assert await sink.count_rows() == {"crm__contacts": 2}
+    # Every row says when it was written (a server default on PostgreSQL's direct COPY path).
+    assert all(isinstance(r["_dcl_ingested_at"], dt.datetime) for r in await store.rows())
 
 
 async def test_rewrite_reports_duplicates_and_changes_nothing(sink: Sink, store: Store) -> None:
