@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -461,7 +461,3 @@ class StreamConsumer:
 
 def _as_bytes(value: bytes | str | int) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
-
-
-Callback = Callable[[], Awaitable[None]]
-__all__ = ["Backoff", "StreamConsumer"]
