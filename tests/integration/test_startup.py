@@ -77,3 +77,25 @@ async def test_the_redis_password_never_appears_in_logs_or_streams(
         return bool(await redis.hget(keys.sync_state("default", "salesforce"), "runs"))
 
     await wait_until(ran, what="the run to be recorded")
+
+
+def test_a_second_signal_during_the_drain_exits_at_once() -> None:
+    """SIGTERM starts a graceful stop; a second one does not wait for the grace period."""
+    script = (
+        "import asyncio, os, signal\n"
+        "from aam_dcl.config import Settings\n"
+        "from aam_dcl.daemon import _main\n"
+        "async def service(settings, stopping):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    await stopping.wait()\n"
+        "    print('draining', flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    await asyncio.sleep(60)  # a drain that would outlast the test\n"
+        "asyncio.run(_main('test-daemon', Settings(), service))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert "draining" in result.stdout.splitlines()
+    assert result.returncode == 1
+    assert "second_signal_exit_now" in result.stdout + result.stderr
