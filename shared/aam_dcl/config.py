@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     trim_policy: Literal["block", "trim"] = _env("AAM_TRIM_POLICY", default="block")
     backpressure_watermark: float = _env("AAM_BACKPRESSURE_WATERMARK", default=0.8, gt=0, le=1)
     max_payload_bytes: int = _env("AAM_MAX_PAYLOAD_BYTES", default=16 * 1024 * 1024, ge=1024)
+    # Groups the trim floor and back-pressure do not wait for (comma-separated names), e.g.
+    # a group nobody reads any more. Every other group on a stream is protected.
+    ignore_groups_csv: str = _env("AAM_IGNORE_GROUPS", default="")
 
     # --- worker ------------------------------------------------------------------------------
     sink_url: str = _env("DCL_SINK_URL", default="duckdb://./data/dcl.duckdb")
@@ -80,6 +83,11 @@ class Settings(BaseSettings):
     claim_idle_ms: int = _env("DCL_CLAIM_IDLE_MS", default=60_000, ge=100)
     max_deliveries: int = _env("DCL_MAX_DELIVERIES", default=5, ge=1, le=1000)
     discovery_interval_s: float = _env("DCL_DISCOVERY_INTERVAL_S", default=5.0, gt=0, le=3600)
+    # Columns one table may have; a wider table is poison (DuckDB crashes near 5 500, and
+    # PostgreSQL's limit is 1 600 including the sink's own columns).
+    max_columns: int = _env("DCL_MAX_COLUMNS", default=1000, ge=1, le=1500)
+    # How far a batch id's timestamp may lie in the future: a later one would pin rows.
+    max_clock_skew_s: int = _env("DCL_MAX_CLOCK_SKEW_S", default=300, ge=0, le=86400 * 365)
 
     # --- both daemons ------------------------------------------------------------------------
     metrics_host: str = _env("METRICS_HOST", default="0.0.0.0")
@@ -110,6 +118,19 @@ class Settings(BaseSettings):
                 "use duckdb://path/file.duckdb, postgresql://user:pass@host:port/db or null://"
             )
         return value
+
+    @field_validator("ignore_groups_csv")
+    @classmethod
+    def _groups(cls, value: str) -> str:
+        for name in filter(None, (n.strip() for n in value.split(","))):
+            if any(ch.isspace() or ord(ch) < 32 for ch in name):
+                raise ValueError(f"group name {name!r} contains whitespace or control characters")
+        return value
+
+    @property
+    def ignore_groups(self) -> frozenset[str]:
+        """AAM_IGNORE_GROUPS as a set of group names."""
+        return frozenset(filter(None, (n.strip() for n in self.ignore_groups_csv.split(","))))
 
     @property
     def effective_redis_url(self) -> str:
