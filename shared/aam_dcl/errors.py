@@ -10,7 +10,9 @@
     └── SinkError                    the DCL store failed
         ├── SinkUnavailable          cannot reach the store: retry forever, count no delivery
         └── SinkDataError            the store rejected this batch's data: counts towards
-                                     DCL_MAX_DELIVERIES, then dead-letter
+            │                        DCL_MAX_DELIVERIES, then dead-letter
+            └── PoisonBatch          the batch can never be stored (too wide, a name
+                                     collision, a reused batch id): dead-letter at once
 
 Foreign exceptions (redis, asyncpg, duckdb, aiohttp) are translated at the boundary
 with ``raise ... from exc`` so callers only need to know this tree.
@@ -67,3 +69,18 @@ class SinkDataError(SinkError):
     """The store rejected the batch's data (bad value, type clash); the batch may be poison."""
 
     reason = "sink_rejected"
+
+
+class PoisonBatch(SinkDataError):
+    """One batch that no retry can store; dead-lettered at once with ``reason``.
+
+    Raised by a sink before anything of the write is applied (the transaction rolls back),
+    naming the batch, the table and what is wrong.
+    """
+
+    retriable = False
+
+    def __init__(self, batch_id: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.batch_id = batch_id
+        self.reason = reason

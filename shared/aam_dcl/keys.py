@@ -42,6 +42,17 @@ def connector_of_stream(tenant: str, key: str) -> str | None:
     return name if NAME_RE.match(name) else None
 
 
+def stream_key_problem(tenant: str, key: str) -> str | None:
+    """Why a key matching ``aam:dcl:{tenant}:*`` is not a connector stream (None if it is)."""
+    prefix = f"{STREAM_PREFIX}{tenant}:"
+    if not key.startswith(prefix):
+        return f"not under {prefix}"
+    name = key[len(prefix) :]
+    if NAME_RE.match(name):
+        return None
+    return f"connector part {name!r} is not a valid name ({NAME_RULE})"
+
+
 def group(tenant: str) -> str:
     """The consumer group of a tenant's workers: ``dcl_engine:{tenant}``."""
     return f"dcl_engine:{tenant}"
@@ -79,3 +90,15 @@ def paused_flag(tenant: str) -> str:
 def batch_id(connector: str, run_start_ms: int, chunk_number: int) -> str:
     """``{connector}_{timestamp_ms}_{chunk_number}``; deterministic for a sync run."""
     return f"{connector}_{run_start_ms}_{chunk_number}"
+
+
+def parse_batch_id(value: str) -> tuple[str, int, int] | None:
+    """``(connector, run_start_ms, chunk_number)`` of an id made by ``batch_id``, else None.
+
+    Parsed from the right, since connector names may hold ``_``; ASCII digits only (``int()``
+    would also take ``+5``, `` 5`` and other scripts' digits). Other producers' ids are None.
+    """
+    parts = value.rsplit("_", 2)
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts[1:]):
+        return None
+    return parts[0], int(parts[1]), int(parts[2])
