@@ -2,7 +2,7 @@
 
 A failed run is logged and retried with backoff; because the checkpoint lives in Redis, the
 retry resumes the interrupted run rather than starting over. Shutdown cancels the runs:
-that is safe at any point, since each XADD and its checkpoint are one MULTI.
+that is safe at any point, since XADDs and their checkpoint are one all-or-nothing script.
 """
 
 from __future__ import annotations

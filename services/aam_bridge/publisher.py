@@ -1,7 +1,11 @@
 """Publishing to one connector stream: group first, back-pressure, XADD + checkpoint together.
 
-Each XADD goes in the same MULTI as the connector's checkpoint, so a chunk is either
-published and recorded, or neither. How the stream is trimmed is AAM_TRIM_POLICY:
+The XADDs of a call and the connector's checkpoint run in one Lua script that writes the
+checkpoint only after every XADD succeeded. (A MULTI is not enough: Redis does not roll
+back a transaction when one command fails at run time, so the checkpoint HSET would apply
+after a failed XADD and the run would skip the chunk.) If an XADD fails, the earlier XADDs
+of the call stay; the run resumes from the old checkpoint and sends them again with the same
+batch ids, which the worker drops as duplicates. How the stream is trimmed is AAM_TRIM_POLICY:
 
 - ``trim`` — the guide's policy: ``XADD ... MAXLEN ~ AAM_REDIS_STREAM_MAXLEN``. It deletes the
   oldest entries whether or not the group has taken them.
@@ -30,6 +34,21 @@ from aam_dcl.stream_info import create_group, entry_id_key, group_lag
 
 log = structlog.get_logger("aam_bridge.publisher")
 
+# KEYS: stream, sync state. ARGV: trim strategy (MINID|MAXLEN), its threshold, the number of
+# entries n, the n payloads, then the checkpoint's field/value pairs. An error in any XADD
+# aborts the script before the HSET.
+PUBLISH_SCRIPT = """
+local n = tonumber(ARGV[3])
+local ids = {}
+for i = 1, n do
+  ids[i] = redis.call('XADD', KEYS[1], ARGV[1], '~', ARGV[2], '*', 'payload', ARGV[3 + i])
+end
+if #ARGV > 3 + n then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 4 + n, #ARGV))
+end
+return ids
+"""
+
 BACKPRESSURE_POLL_S = 0.2
 # Approximate trimming removes whole radix-tree nodes (stream-node-max-entries, 100 by
 # default): a fully acknowledged stream still keeps up to a node's worth of entries.
@@ -49,8 +68,9 @@ class Publisher:
         self.max_length = settings.stream_maxlen + NODE_SLACK
         self.room = 0  # entries we may add before asking Redis again
         self.floor = "0-1"  # oldest unacknowledged id seen: MINID trims only below it
-        # Entries per MULTI: few round trips, yet well below what back-pressure allows.
+        # Entries per publish call: few round trips, yet well below what back-pressure allows.
         self.max_entries_per_call = max(1, min(64, self.limit // 4))
+        self._publish = client.register_script(PUBLISH_SCRIPT)
 
     async def ensure_group(self) -> None:
         """Create the consumer group before the first XADD, so no entry predates it."""
@@ -59,24 +79,22 @@ class Publisher:
     async def publish(
         self, payloads: list[bytes], checkpoint: Mapping[FieldT, EncodableT]
     ) -> list[bytes]:
-        """XADD the entries and store ``checkpoint`` in the sync state, in one MULTI."""
+        """XADD the entries, then store ``checkpoint`` in the sync state: all or nothing.
+
+        Raises (redis ResponseError) if Redis refuses an XADD; the checkpoint is then unchanged.
+        """
         safe = self.settings.trim_policy == "block"
         if safe:
             await self._wait_for_room(len(payloads))
+            # The floor may be stale (older): that only trims less.
+            trim: list[EncodableT] = ["MINID", self.floor]
+        else:
+            trim = ["MAXLEN", self.settings.stream_maxlen]
+        args: list[EncodableT] = [*trim, len(payloads), *payloads]
+        for name, value in checkpoint.items():
+            args += [name, value]
         started = time.perf_counter()
-        pipe = self.redis.pipeline(transaction=True)
-        for payload in payloads:
-            if safe:  # the floor may be stale (older): that only trims less
-                pipe.xadd(self.stream, {"payload": payload}, minid=self.floor, approximate=True)
-            else:
-                pipe.xadd(
-                    self.stream,
-                    {"payload": payload},
-                    maxlen=self.settings.stream_maxlen,
-                    approximate=True,
-                )
-        pipe.hset(self.state_key, mapping=checkpoint)
-        *entry_ids, _ = await pipe.execute()
+        entry_ids = await self._publish(keys=[self.stream, self.state_key], args=args)
         metrics.PUBLISH_SECONDS.labels(*self.labels).observe(time.perf_counter() - started)
         self.room -= len(payloads)
         return [bytes(entry_id) for entry_id in entry_ids]

@@ -2,7 +2,7 @@
 
 The run's identity is its start time: ``batch_id = {connector}_{run_start_ms}_{chunk}``, with
 the chunk counter running from 1 across the run. Both are stored with the checkpoint in
-``aam:sync:{tenant}:{connector}`` in the same MULTI as each XADD, together with the position
+``aam:sync:{tenant}:{connector}`` by the same script call as the XADDs, together with the position
 to resume from: a page cursor and how many records after it are already published. A run
 killed at any point resumes from there with the same ids: no gap, nothing sent twice.
 """
@@ -129,10 +129,10 @@ class SyncRunner:
     async def _sync_table(self, table: TableSpec, state: SyncState) -> int:
         """Publish the table's records after ``state.pos_cursor``; returns records published.
 
-        Chunks are cut as pages arrive and go out up to ``max_entries_per_call`` per MULTI,
-        each MULTI with the checkpoint of its last chunk: few round trips, all or nothing.
+        Chunks are cut as pages arrive and go out up to ``max_entries_per_call`` per publish call,
+        each call with the checkpoint of its last chunk: few round trips, all or nothing.
         A chunk waits at most ``FLUSH_AFTER_S`` (plus one page read) for company. While one
-        MULTI is in flight the next pages are read, cut and encoded.
+        call is in flight the next pages are read, cut and encoded.
         """
         chunk_size = self.settings.batch_chunk_size
         step = self.publisher.max_entries_per_call
@@ -143,7 +143,7 @@ class SyncRunner:
         ready_at = 0.0
         last_cursor = state.pos_cursor
         published = 0
-        in_flight: asyncio.Task[None] | None = None  # one MULTI at a time, overlapping our work
+        in_flight: asyncio.Task[None] | None = None  # one call at a time, overlapping our work
 
         async def flush() -> None:
             nonlocal published, in_flight
@@ -153,7 +153,7 @@ class SyncRunner:
                 payloads = self._encode(table, group, state)
                 checkpoint = state.to_hash()
                 if in_flight is not None:
-                    await in_flight  # MULTIs stay in order: each checkpoint follows the last
+                    await in_flight  # calls stay in order: each checkpoint follows the last
                 in_flight = asyncio.create_task(self._send(payloads, checkpoint, group))
                 published += sum(map(len, group))
             ready.clear()
@@ -188,7 +188,7 @@ class SyncRunner:
                 await in_flight
         finally:
             if in_flight is not None and not in_flight.done():
-                # Failing or cancelled: the MULTI either ran or not; the run resumes from Redis.
+                # Failing or cancelled: the call either ran or not; the run resumes from Redis.
                 in_flight.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await in_flight

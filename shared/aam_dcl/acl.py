@@ -20,6 +20,8 @@ ROLE_COMMANDS: dict[str, list[str]] = {
         *_CONNECTION, *_TRANSACTION,
         "xadd", "xgroup|create", "xinfo|groups", "xinfo|stream", "xpending", "xlen", "hset",
         "hgetall",
+        # the publish script (EVALSHA, loaded on NOSCRIPT): XADDs, then the checkpoint HSET
+        "evalsha", "eval", "script|load", "script|exists",
     ],
     "worker": [
         *_CONNECTION, *_TRANSACTION,

@@ -1,0 +1,138 @@
+"""Publish + checkpoint are all or nothing: a chunk Redis refuses never moves the checkpoint.
+
+Redis does not roll back a MULTI when one of its commands fails at run time; these attacks
+made the old MULTI write the checkpoint past 150 records it never published. Each test makes
+the XADD fail, checks the run fails visibly and the checkpoint stays, then removes the cause
+and checks every record lands in the stream exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from aam_bridge.connectors.base import Connector, ConnectorConfig, Page, TableSpec
+from aam_bridge.sync import SyncRunner
+from aam_dcl import keys
+from aam_dcl.config import Settings
+from aam_dcl.redis_conn import connect
+
+RECORDS = 150
+LAST_POSSIBLE_ID = "18446744073709551615-18446744073709551615"
+
+
+class Items(Connector):
+    """One table of RECORDS records in pages of 50."""
+
+    type_name = "items"
+
+    async def tables(self) -> list[TableSpec]:
+        return [TableSpec("items", ("id",))]
+
+    async def read(self, table: TableSpec, cursor: str | None) -> AsyncIterator[Page]:
+        for start in range(int(cursor or 0), RECORDS, 50):
+            yield Page([{"id": i} for i in range(start, start + 50)], str(start + 50))
+
+
+def runner(settings: Settings, client: aioredis.Redis) -> SyncRunner:
+    return SyncRunner(settings, client, Items(ConnectorConfig("items", "items", "i", None, {})))
+
+
+async def published_ids(redis: aioredis.Redis) -> list[int]:
+    ids = []
+    for _, fields in await redis.xrange(keys.stream("default", "items")):
+        (table,) = orjson.loads(fields[b"payload"])["tables"]
+        ids += [r["id"] for r in table["records"]]
+    return ids
+
+
+async def sync_state(redis: aioredis.Redis) -> dict[bytes, bytes]:
+    state: dict[bytes, bytes] = await redis.hgetall(keys.sync_state("default", "items"))
+    return state
+
+
+@pytest.mark.parametrize("trim_policy", ["block", "trim"])
+async def test_a_stream_that_refuses_xadd_leaves_the_checkpoint_and_loses_nothing(
+    settings: Settings, redis: aioredis.Redis, trim_policy: str
+) -> None:
+    """A stream whose last id is the last possible one: every XADD fails ("exhausted")."""
+    settings = settings.model_copy(update={"batch_chunk_size": 20, "trim_policy": trim_policy})
+    stream = keys.stream("default", "items")
+    await redis.xadd(stream, {"payload": b"{}"}, id=LAST_POSSIBLE_ID)
+    client = connect(settings)
+    try:
+        with pytest.raises(ResponseError, match="last possible ID"):
+            await runner(settings, client).run_once()
+        state = await sync_state(redis)
+        assert state[b"next_chunk"] == b"1"  # nothing was recorded as published
+        assert state[b"pos_cursor"] == b""
+        assert await redis.xlen(stream) == 1
+
+        await redis.delete(stream)  # the cause is gone: the run resumes and sends everything
+        result = await runner(settings, client).run_once()
+    finally:
+        await client.aclose()
+    assert result.resumed
+    assert sorted(await published_ids(redis)) == list(range(RECORDS))
+
+
+async def test_a_maxlen_redis_refuses_leaves_the_checkpoint_and_loses_nothing(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """MAXLEN beyond a 64-bit integer: Redis refuses the XADD ("value is out of range").
+
+    Settings cap AAM_REDIS_STREAM_MAXLEN, so this goes around validation, as a bug would.
+    """
+    bad = settings.model_copy(
+        update={"batch_chunk_size": 20, "trim_policy": "trim", "stream_maxlen": 10**23}
+    )
+    client = connect(bad)
+    try:
+        with pytest.raises(ResponseError):
+            await runner(bad, client).run_once()
+        state = await sync_state(redis)
+        assert state[b"next_chunk"] == b"1"
+        assert await published_ids(redis) == []
+
+        good = bad.model_copy(update={"stream_maxlen": 1000})
+        result = await runner(good, client).run_once()
+    finally:
+        await client.aclose()
+    assert result.resumed
+    assert sorted(await published_ids(redis)) == list(range(RECORDS))
+
+
+async def test_a_bridge_whose_publish_fails_logs_the_failure_and_retries(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """The bridge counts the failed run, keeps the connector alive and succeeds once it can."""
+    from aam_bridge import metrics
+    from aam_bridge.bridge import Bridge
+
+    settings = settings.model_copy(update={"batch_chunk_size": 20})
+    stream = keys.stream("default", "items")
+    await redis.xadd(stream, {"payload": b"{}"}, id=LAST_POSSIBLE_ID)
+    failed = metrics.SYNC_RUNS.labels("default", "items", "failed")
+    before = failed._value.get()  # no public getter in prometheus_client
+    client = connect(settings)
+    connector = Items(ConnectorConfig("items", "items", "i", None, {}))
+    bridge = Bridge(settings, client, [connector], asyncio.Event())
+    task = asyncio.create_task(bridge.run())
+    try:
+        for _ in range(200):
+            if failed._value.get() > before:
+                break
+            await asyncio.sleep(0.05)
+        assert failed._value.get() > before
+        assert not bridge.results["items"]
+        await redis.delete(stream)
+        await asyncio.wait_for(task, 30)
+    finally:
+        task.cancel()
+        await client.aclose()
+    assert sorted(await published_ids(redis)) == list(range(RECORDS))
