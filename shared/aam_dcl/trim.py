@@ -76,6 +76,23 @@ class TrimReport:
     def unacked_cut(self) -> int:
         return sum(g.unacked_cut for g in self.groups)
 
+    @property
+    def cut_end(self) -> str | None:
+        """The XRANGE end of the entries an exact ``MAXLEN N`` trim deletes (None: none).
+
+        ``MAXLEN 0`` deletes every entry: there is no N-th newest entry to keep from, so
+        the cut runs to the stream's end instead of stopping before ``keep_from_id``.
+        """
+        if self.keep_from_id is not None:
+            return "(" + self.keep_from_id
+        return "+" if self.maxlen == 0 and self.length > 0 else None
+
+    def cuts(self, entry_id: str) -> bool:
+        """Whether an exact ``MAXLEN N`` trim deletes the entry ``entry_id``."""
+        if self.cut_end is None:
+            return False
+        return self.keep_from_id is None or parse_id(entry_id) < parse_id(self.keep_from_id)
+
 
 async def plan_trim(
     client: aioredis.Redis, tenant: str, connector: str, maxlen: int, _pipe: Any = None
@@ -87,8 +104,9 @@ async def plan_trim(
     report = TrimReport(connector, stream, maxlen, length, None, [])
     if length == 0:
         return report
-    keep_from = await run.eval(_NTH_NEWEST, 1, stream, maxlen, 1000) if length > maxlen else None
-    report.keep_from_id = as_text(keep_from) if keep_from else None
+    if 0 < maxlen < length:
+        keep_from = await run.eval(_NTH_NEWEST, 1, stream, maxlen, 1000)
+        report.keep_from_id = as_text(keep_from) if keep_from else None
     first_rows = await run.xrange(stream, "-", "+", count=1)
     first_id = as_text(first_rows[0][0])
     groups = {as_text(g["name"]): dict(g) for g in await run.xinfo_groups(stream)}
@@ -96,21 +114,14 @@ async def plan_trim(
     if own not in groups:  # the worker will create it at 0 and read everything: count it
         groups[own] = {"last-delivered-id": b"0-0", "pending": 0, "lag": length}
     for name, info in sorted(groups.items()):
-        report.groups.append(
-            await _group_cut(run, stream, name, info, first_id, report.keep_from_id, maxlen)
-        )
+        report.groups.append(await _group_cut(run, report, name, info, first_id))
     return report
 
 
 async def _group_cut(
-    run: Any,
-    stream: str,
-    group: str,
-    info: dict[str, Any],
-    first_id: str,
-    keep_from: str | None,
-    maxlen: int,
+    run: Any, report: TrimReport, group: str, info: dict[str, Any], first_id: str
 ) -> GroupCut:
+    stream, maxlen, cut_end = report.stream, report.maxlen, report.cut_end
     delivered = as_text(info["last-delivered-id"])
     unread = await run.xrange(stream, "(" + delivered, "+", count=1)
     oldest_unread = as_text(unread[0][0]) if unread else None
@@ -120,20 +131,18 @@ async def _group_cut(
     oldest_pending = as_text(pending_rows[0]["message_id"]) if pending_rows else None
     candidates = [i for i in (oldest_unread, oldest_pending) if i]
     cut = GroupCut(group, delivered, min(candidates, key=parse_id) if candidates else None, 0, 0)
-    if keep_from is None or cut.oldest_unacked_id is None:
-        return cut
-    if parse_id(cut.oldest_unacked_id) >= parse_id(keep_from):
+    if cut_end is None or cut.oldest_unacked_id is None or not report.cuts(cut.oldest_unacked_id):
         return cut
     lag = info.get("lag")
     if lag is not None:  # unread entries are the newest `lag` ones
         cut.unread_cut = max(0, int(lag) - maxlen)
     elif oldest_unread:
         cut.unread_cut = int(
-            await run.eval(_COUNT_RANGE, 1, stream, "(" + delivered, "(" + keep_from, 1000)
+            await run.eval(_COUNT_RANGE, 1, stream, "(" + delivered, cut_end, 1000)
         )
     if oldest_pending:
         rows = await run.xpending_range(
-            stream, group, min=first_id, max="(" + keep_from, count=int(info["pending"])
+            stream, group, min=first_id, max=cut_end, count=int(info["pending"])
         )
         cut.pending_cut = len(rows)
     return cut
@@ -172,23 +181,18 @@ async def trim(
 async def _actual_cut(client: aioredis.Redis, plan: TrimReport, new_first: str) -> None:
     """``~`` trims whole nodes only: count what survived between the new first entry and the
     planned cut point, and subtract it from the planned cut."""
-    if plan.keep_from_id is None or parse_id(new_first) >= parse_id(plan.keep_from_id):
+    cut_end = plan.cut_end
+    if cut_end is None or not plan.cuts(new_first):
         return
     for g in plan.groups:
         if not g.unacked_cut:
             continue
         start = max(new_first, _next_id(g.last_delivered_id), key=parse_id)
-        survived = await client.eval(
-            _COUNT_RANGE, 1, plan.stream, start, "(" + plan.keep_from_id, 1000
-        )
+        survived = await client.eval(_COUNT_RANGE, 1, plan.stream, start, cut_end, 1000)
         g.unread_cut = max(0, g.unread_cut - int(survived))
         if g.pending_cut:
             rows = await client.xpending_range(
-                plan.stream,
-                g.group,
-                min=new_first,
-                max="(" + plan.keep_from_id,
-                count=g.pending_cut,
+                plan.stream, g.group, min=new_first, max=cut_end, count=g.pending_cut
             )
             g.pending_cut = max(0, g.pending_cut - len(rows))
 
@@ -200,11 +204,16 @@ def _refusal(plan: TrimReport) -> str:
         for g in plan.groups
         if g.unacked_cut
     ]
+    kept = (
+        f"it would keep entries from {plan.keep_from_id} on"
+        if plan.keep_from_id
+        else f"it would delete all {plan.length} entries"
+    )
     return (
         f"refusing to trim {plan.stream} to {plan.maxlen}: it would cut {plan.unacked_cut} "
-        f"entries not yet acknowledged [{'; '.join(parts)}]; it would keep entries from "
-        f"{plan.keep_from_id} on. Let the worker catch up (aam-dcl pending), choose a larger "
-        "--maxlen, or pass --force to delete them anyway (they are lost)"
+        f"entries not yet acknowledged [{'; '.join(parts)}]; {kept}. Let the worker catch up "
+        "(aam-dcl pending), choose a larger --maxlen, or pass --force to delete them anyway "
+        "(they are lost)"
     )
 
 

@@ -340,6 +340,92 @@ async def test_trim_of_a_stream_without_group_counts_everything_as_unread(
     assert nothing.trimmed == 0
 
 
+async def stream_with_unread_and_pending(redis: aioredis.Redis) -> None:
+    """20 entries: 1-5 acked, 6-10 pending (read by alice, not acked), 11-20 unread."""
+    for n in range(1, 21):
+        await redis.xadd(STREAM, {"payload": b"{}"}, id=f"{n}-0")
+    await redis.xgroup_create(STREAM, GROUP, id="0")
+    await redis.xreadgroup(GROUP, "alice", {STREAM: ">"}, count=10)
+    await redis.xack(STREAM, GROUP, *[f"{n}-0" for n in range(1, 6)])
+
+
+@pytest.mark.parametrize(
+    ("maxlen", "unread", "pending", "kept"),
+    [
+        (0, 10, 5, "it would delete all 20 entries"),
+        (1, 9, 5, "it would keep entries from 20-0 on"),
+    ],
+)
+async def test_trim_to_0_or_1_with_unacked_entries_is_refused_without_force(
+    redis: aioredis.Redis, redis_url: str, maxlen: int, unread: int, pending: int, kept: str
+) -> None:
+    """--maxlen 0 is refused like any other length (it used to delete everything, unread and
+    pending included); --maxlen 1 too. The refusal counts what would be lost, nothing is
+    deleted, and the exit code is 1."""
+    await stream_with_unread_and_pending(redis)
+    refused = await cli(["trim", "-c", C, "--maxlen", str(maxlen)], redis_url)
+    assert refused.exit_code == 1, refused.output
+    assert f"would cut {unread + pending} entries not yet acknowledged" in refused.output
+    assert f"{unread} unread and {pending} pending, oldest unacknowledged 6-0" in refused.output
+    assert kept in refused.output
+    assert await redis.xlen(STREAM) == 20
+    with pytest.raises(ops.OperationRefused):
+        await trim.trim(redis, T, C, maxlen)
+    assert await redis.xlen(STREAM) == 20
+
+
+async def test_trim_to_0_with_force_deletes_everything_and_counts_unread_and_pending(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    """--force --maxlen 0 empties the stream and says how many unread and pending entries
+    were lost (the unread ones are in no PEL, so this line is their only trace)."""
+    await stream_with_unread_and_pending(redis)
+    forced = await cli(["trim", "-c", C, "--maxlen", "0", "--force"], redis_url)
+    assert forced.exit_code == 0, forced.output
+    assert "trimmed 20 entries" in forced.output
+    assert (
+        "cut 15 unacknowledged entries of group dcl_engine:default (10 unread, 5 pending)"
+        in forced.output
+    )
+    assert await redis.xlen(STREAM) == 0
+
+
+@pytest.mark.parametrize("extra", [0, 1, 1000])
+async def test_trim_to_the_length_or_more_deletes_nothing_and_is_not_refused(
+    redis: aioredis.Redis, redis_url: str, extra: int
+) -> None:
+    """--maxlen XLEN and above cut nothing, so they run even with unread and pending entries."""
+    await stream_with_unread_and_pending(redis)
+    done = await cli(["trim", "-c", C, "--maxlen", str(20 + extra)], redis_url)
+    assert done.exit_code == 0, done.output
+    assert "trimmed 0 entries" in done.output
+    assert "--force" not in done.output
+    assert await redis.xlen(STREAM) == 20
+
+
+async def test_trim_to_0_of_a_fully_acknowledged_stream_needs_no_force(
+    redis: aioredis.Redis,
+) -> None:
+    """When every entry is acknowledged, --maxlen 0 is safe and empties the stream."""
+    for n in range(1, 6):
+        await redis.xadd(STREAM, {"payload": b"{}"}, id=f"{n}-0")
+    await redis.xgroup_create(STREAM, GROUP, id="0")
+    await redis.xreadgroup(GROUP, "alice", {STREAM: ">"})
+    await redis.xack(STREAM, GROUP, *[f"{n}-0" for n in range(1, 6)])
+    report = await trim.trim(redis, T, C, 0)
+    assert (report.trimmed, report.unacked_cut, report.forced) == (5, 0, False)
+    assert await redis.xlen(STREAM) == 0
+
+
+async def test_trim_to_0_of_a_stream_without_group_is_refused(redis: aioredis.Redis) -> None:
+    """Before the worker's group exists every entry is unread: --maxlen 0 would cut all."""
+    for n in range(1, 4):
+        await redis.xadd(STREAM, {"payload": b"{}"}, id=f"{n}-0")
+    with pytest.raises(ops.OperationRefused, match="3 unread and 0 pending"):
+        await trim.trim(redis, T, C, 0)
+    assert await redis.xlen(STREAM) == 3
+
+
 # --- pause / resume --------------------------------------------------------------------------
 
 
