@@ -1,8 +1,10 @@
-"""One consumer-group loop for one connector stream: read, dedupe, write, mark + ack.
+"""One connector stream's consumer: dedupe, write, mark + ack what the reader hands it.
 
-The loop first re-reads this consumer's own pending entries (``XREADGROUP ... 0``), then new
-ones (``>``), and every ``DCL_CLAIM_IDLE_MS / 2`` takes over entries that dead consumers left
-(XAUTOCLAIM). A read is handled as a whole: one SMISMEMBER to drop batches already processed,
+The reader (``dcl_worker/reader.py``) reads every stream; a stream's consumer first gets its
+own pending entries (``XREADGROUP ... 0``), then new ones (``>``), and every
+``DCL_CLAIM_IDLE_MS / 2`` takes over entries that dead consumers left (XAUTOCLAIM). A batch
+must arrive on its own connector's stream, with a batch id not stamped in the future. A
+read is handled as a whole: one SMISMEMBER to drop batches already processed,
 one sink transaction (which records the batch ids in the store's own inbox: exactly once),
 then one Lua call that dead-letters poison, marks processed and acks.
 """
@@ -20,12 +22,18 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aam_dcl import keys
 from aam_dcl.config import Settings
-from aam_dcl.errors import MessageError, SinkDataError, SinkUnavailable
+from aam_dcl.errors import (
+    ForeignConnector,
+    FutureBatchId,
+    MessageError,
+    SinkDataError,
+    SinkUnavailable,
+)
 from aam_dcl.messages import Batch, decode
 from aam_dcl.stream_info import create_group, entry_id_key
 from dcl_worker import metrics
@@ -88,91 +96,30 @@ class StreamConsumer:
         self.finalize = Finalizer(client, self.tenant, connector, settings.idempotency_ttl_s)
         self.finalize.for_consumer(self.consumer)
         self.labels = (self.tenant, connector)
-        self.read_backlog = True
+        self.read_backlog = True  # this consumer's own pending entries are read first
+        self.not_before = 0.0  # monotonic time before which it is not read again
+        self.failures = Backoff(cap_s=30.0)  # for handling that failed unexpectedly
         self.next_claim_at = 0.0
         self.claim_cursor = b"0-0"
         self.in_flight = False
         self.group_ready = False
         self._stop_waiter: asyncio.Future[Any] | None = None
 
-    # --- the loop -------------------------------------------------------------------------
+    # --- what the reader asks ---------------------------------------------------------------
 
-    async def run(self) -> None:
-        structlog.contextvars.bind_contextvars(tenant=self.tenant, connector=self.connector)
-        self.read_backlog = True  # a (re)start first finishes what this consumer holds
-        try:
-            await self._loop()
-        finally:
-            if self._stop_waiter is not None:
-                self._stop_waiter.cancel()
-                self._stop_waiter = None  # a restarted run() (after a crash) makes a new one
-        log.info("consumer_stopped")
+    def due(self, now: float) -> bool:
+        """Not waiting out a retry delay (a batch left pending, a failed handling)."""
+        return now >= self.not_before
 
-    async def _loop(self) -> None:
-        backoff = Backoff()
-        while not self.stopping.is_set():
-            try:
-                if not self.running.is_set():
-                    await self._wait_for(self.running.wait())
-                    continue
-                await self.ensure_group()
-                await self.step()
-                backoff.reset()
-            except ResponseError as exc:
-                # NOGROUP: the stream (and with it the group) was deleted; UNBLOCKED: deleted
-                # while this consumer was blocked reading it. Re-create the group from 0.
-                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
-                    raise
-                log.warning("group_missing", stream=self.stream, error=str(exc))
-                self.group_ready = False
-                self.read_backlog = True
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                # Whatever this consumer had read is pending under its name: re-read it first.
-                self.read_backlog = True
-                metrics.REDIS_ERRORS.labels(*self.labels).inc()
-                delay = backoff.next_s()
-                log.warning("redis_unavailable", error=str(exc), retry_in_s=round(delay, 2))
-                await self._sleep(delay)
-
-    async def step(self) -> None:
-        """One read and its handling."""
-        if self.read_backlog:
-            entries = await self._read("0", block_ms=None)
-            if not entries:
-                self.read_backlog = False
-                return
-            await self.handle(entries, redelivered=True)
-            return
-        if time.monotonic() >= self.next_claim_at:
-            await self.reclaim()
-        entries = await self._read(">", block_ms=self.settings.block_ms)
-        if entries:
-            await self.handle(entries, redelivered=False)
+    def retry_later(self, delay_s: float) -> None:
+        """Leave what this consumer holds pending; re-read it (backlog first) after ``delay_s``."""
+        self.read_backlog = True
+        self.not_before = time.monotonic() + delay_s
 
     async def ensure_group(self) -> None:
         if not self.group_ready:
             await create_group(self.redis, self.stream, self.group)
             self.group_ready = True
-
-    async def _read(self, start: str, block_ms: int | None) -> list[Entry]:
-        """XREADGROUP, abandoned (entries stay pending, re-read later) if stopping meanwhile."""
-        call = self.redis.xreadgroup(
-            self.group,
-            self.consumer,
-            {self.stream: start},
-            count=self.settings.read_count,
-            block=block_ms,
-        )
-        try:
-            reply = await self._wait_for(call)
-        except ResponseError as exc:
-            if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
-                self.group_ready = False
-            raise
-        if not reply:
-            return []
-        entries: list[Entry] = reply[0][1]
-        return entries
 
     async def reclaim(self) -> None:
         """Take over entries idle longer than DCL_CLAIM_IDLE_MS, whoever holds them."""
@@ -220,6 +167,7 @@ class StreamConsumer:
 
     async def _handle(self, entries: list[Entry], redelivered: bool) -> None:
         started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
         out = Outcome()
         deliveries = await self._delivery_counts(entries) if redelivered else {}
         candidates: list[tuple[bytes, Batch]] = []
@@ -231,6 +179,7 @@ class StreamConsumer:
                 continue
             try:
                 batch = decode(fields, self.settings.max_payload_bytes)
+                self._check_origin(batch, now_ms)
             except MessageError as exc:
                 out.dead.append(self._dead(entry_id, fields, deliveries, exc.reason, str(exc)))
                 out.ack.append(entry_id)
@@ -243,6 +192,26 @@ class StreamConsumer:
         await self._write(fresh, out, deliveries, entries)
         await self._finalize(out)
         self._observe(out, started)
+
+    def _check_origin(self, batch: Batch, now_ms: int) -> None:
+        """The stream decides the connector, and the clock bounds the batch's version.
+
+        A payload naming another connector would write that connector's tables; a batch id
+        stamped far in the future would give its rows a version no later batch can beat.
+        """
+        if batch.connector != self.connector:
+            raise ForeignConnector(
+                f"batch {batch.batch_id} names connector {batch.connector!r} but arrived on "
+                f"{self.stream}: a stream carries its own connector's batches only"
+            )
+        parsed = keys.parse_batch_id(batch.batch_id)
+        limit_ms = now_ms + self.settings.max_clock_skew_s * 1000
+        if parsed is not None and parsed[1] > limit_ms:
+            raise FutureBatchId(
+                f"batch {batch.batch_id}: its timestamp {parsed[1]} ms is "
+                f"{(parsed[1] - now_ms) / 1000:.0f} s in the future, over "
+                f"DCL_MAX_CLOCK_SKEW_S={self.settings.max_clock_skew_s}"
+            )
 
     def _drop_overdelivered(
         self,
@@ -346,7 +315,8 @@ class StreamConsumer:
                     deliveries=count,
                     error=str(exc),
                 )
-                if count >= self.settings.max_deliveries:
+                # PoisonBatch (too wide, a name collision, a reused id) never gets better.
+                if not exc.retriable or count >= self.settings.max_deliveries:
                     fields = fields_of.get(entry_id) or {}
                     out.dead.append(
                         self._dead(entry_id, fields, deliveries, exc.reason, str(exc), batch)
@@ -377,9 +347,8 @@ class StreamConsumer:
                         log.warning("finalize_abandoned", error=str(exc), entries=len(out.ack))
                         return  # entries stay pending; the sink inbox makes the retry safe
                     await asyncio.sleep(backoff.next_s())
-        if out.retry:
-            self.read_backlog = True
-            await self._sleep(min(5.0, 0.2 * 2 ** min(out.retry, 5)))
+        if out.retry:  # the reader serves other streams meanwhile
+            self.retry_later(min(5.0, 0.2 * 2 ** min(out.retry, 5)))
 
     async def _delivery_counts(self, entries: list[Entry]) -> dict[bytes, int]:
         """Times each redelivered entry has been delivered (one XPENDING over their range)."""

@@ -74,5 +74,10 @@ CONSUMING = Gauge(
     "dcl_worker_consuming", "1 when the worker consumes (USE_AAM_AS_SOURCE=true).", ["tenant"]
 )
 STREAMS = Gauge("dcl_worker_streams", "Connector streams this worker consumes.", ["tenant"])
+IGNORED_STREAMS = Gauge(
+    "dcl_worker_ignored_streams",
+    "Keys under aam:dcl:{tenant}:* that are not connector streams (logged once each).",
+    ["tenant"],
+)
 BUILD_INFO = Gauge("dcl_worker_build_info", "Build information.", ["version"])
 BUILD_INFO.labels(__version__).set(1)

@@ -1,8 +1,10 @@
-"""dcl-worker: discovers a tenant's connector streams and runs one consumer loop per stream.
+"""dcl-worker: discovers a tenant's connector streams and reads them all with one reader.
 
-Beside the consumer loops it runs stream discovery (new streams appear while it runs), a
-monitor that publishes lag/pending/length gauges and follows the operator's pause flag, and
-supervision that restarts a crashed loop with backoff instead of losing it silently.
+Each stream has a ``StreamConsumer`` (its handling, reclaim and finalize); one
+``StreamReader`` reads every stream in a few multi-stream XREADGROUP calls, so any number
+of streams needs a handful of connections. Beside it run stream discovery (new streams
+appear while it runs), a monitor that publishes lag/pending/length gauges and follows the
+operator's pause flag, and supervision that restarts a crashed loop with backoff.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from aam_dcl.redis_conn import redis_problem
 from aam_dcl.stream_info import group_lag
 from dcl_worker import metrics
 from dcl_worker.consumer import Backoff, StreamConsumer
+from dcl_worker.reader import StreamReader
 from dcl_worker.sinks.base import Sink
 
 log = structlog.get_logger("dcl_worker.worker")
@@ -42,6 +45,8 @@ class Worker:
         self.running = asyncio.Event()  # cleared while paused
         self.running.set()
         self.consumers: dict[str, StreamConsumer] = {}
+        self.reader = StreamReader(settings, client, self.consumers, stopping, self.running)
+        self.ignored: set[str] = set()  # stream keys logged once as not a connector stream
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.sink_ready = False
 
@@ -60,6 +65,7 @@ class Worker:
             return
         self._spawn("discovery", self._discovery_loop)
         self._spawn("monitor", self._monitor_loop)
+        self._spawn("reader", self.reader.run)
         await self.stopping.wait()
         await self._drain()
 
@@ -145,9 +151,15 @@ class Worker:
         async for key in self.redis.scan_iter(
             match=keys.stream_pattern(self.tenant), count=1000, _type="stream"
         ):
-            name = keys.connector_of_stream(self.tenant, key.decode())
+            text = key.decode(errors="replace")
+            name = keys.connector_of_stream(self.tenant, text)
             if name is not None:
                 found.append(name)
+            elif text not in self.ignored:  # once per key: discovery runs every few seconds
+                self.ignored.add(text)
+                problem = keys.stream_key_problem(self.tenant, text)
+                log.warning("stream_ignored", stream=text, reason=problem)
+                metrics.IGNORED_STREAMS.labels(self.tenant).set(len(self.ignored))
         return sorted(found)
 
     def _start_consumer(self, connector: str) -> None:
@@ -155,7 +167,6 @@ class Worker:
             self.settings, self.redis, self.sink, connector, self.stopping, self.running
         )
         self.consumers[connector] = consumer
-        self._spawn(f"consumer:{connector}", consumer.run)
         metrics.STREAMS.labels(self.tenant).set(len(self.consumers))
         log.info("stream_discovered", connector=connector, stream=consumer.stream)
 

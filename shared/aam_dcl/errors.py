@@ -5,7 +5,9 @@
     ├── MessageError                 a stream entry that can never be processed (dead-letter it)
     │   ├── PayloadTooLarge          over AAM_MAX_PAYLOAD_BYTES, rejected before parsing
     │   ├── MalformedJson            the payload is not JSON
-    │   └── WrongShape               JSON, but not a batch of format v1
+    │   ├── WrongShape               JSON, but not a batch of format v1
+    │   ├── ForeignConnector         names another connector than its stream's
+    │   └── FutureBatchId            a batch id stamped too far in the future
     ├── ConnectorError               a connector failed to read (retriable unless said otherwise)
     └── SinkError                    the DCL store failed
         ├── SinkUnavailable          cannot reach the store: retry forever, count no delivery
@@ -47,6 +49,18 @@ class MalformedJson(MessageError):
 
 class WrongShape(MessageError):
     reason = "wrong_shape"
+
+
+class ForeignConnector(MessageError):
+    """The payload's ``connector`` is not the connector of the stream it arrived on."""
+
+    reason = "connector_mismatch"
+
+
+class FutureBatchId(MessageError):
+    """The batch id's timestamp lies further ahead than DCL_MAX_CLOCK_SKEW_S allows."""
+
+    reason = "future_batch_id"
 
 
 class ConnectorError(AamDclError):
