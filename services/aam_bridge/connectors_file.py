@@ -12,7 +12,9 @@ connectors:
 Every error is one ConfigError line naming the file, the connector (index and name), the
 field, its value and what is allowed. ``${VAR}`` in a string option is replaced by that
 environment variable so secrets stay out of the file; options are kept in a mapping whose
-repr hides secret-looking and substituted values.
+repr hides secret-looking and substituted values, and an error about a substituted value
+names the variable, never the value. A key given twice in one mapping is an error (YAML
+would silently keep the last one).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode
 
 from aam_bridge.connectors import registry
 from aam_bridge.connectors.base import ConnectorConfig
@@ -111,12 +115,20 @@ def load_connectors(
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the connectors file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at line {line}): "
+            "save the connectors file as UTF-8"
+        ) from None
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{where}: is not valid YAML{at}: {_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: is nested too deeply to be a connectors file") from None
     entries = document.get("connectors") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ConfigError(
@@ -191,9 +203,10 @@ def _entry(
         )
     substituted = frozenset(k for k, v in options.items() if _has_reference(v))
     values = {}
+    used: dict[str, str] = {}  # variable -> its value, for keeping values out of messages
     for key, value in options.items():
         try:
-            values[key] = _substitute(value, env)
+            values[key] = _substitute(value, env, used)
         except _BadReference as exc:
             raise ConfigError(f"{label}: options.{key}: {exc}") from None
 
@@ -209,8 +222,39 @@ def _entry(
     try:
         cls(config)  # constructors validate options and do no I/O
     except ConfigError as exc:
-        raise ConfigError(f"{label}: {exc}") from None
+        message = _without_values(str(exc), options, values, used)
+        raise ConfigError(f"{label}: {message}") from None
     return config
+
+
+def _without_values(
+    message: str, raw: Mapping[str, Any], values: Mapping[str, Any], used: Mapping[str, str]
+) -> str:
+    """A connector's error with every value that came from ``${VAR}`` replaced by its
+    reference: ``options.records='s3cr3t' is invalid`` → ``options.records (from ${RECORDS})
+    is invalid``. A connector may quote a value any way it likes, so values are also
+    replaced wherever else they appear."""
+    for key, value in values.items():
+        references = _references(raw.get(key))
+        if references:
+            origin = ", ".join(f"${{{name}}}" for name in references)
+            message = message.replace(f"options.{key}={value!r}", f"options.{key} (from {origin})")
+    for variable, value in sorted(used.items(), key=lambda item: -len(item[1])):
+        if value:
+            message = message.replace(repr(value), f"${{{variable}}}")
+            message = message.replace(value, f"${{{variable}}}")
+    return message
+
+
+def _references(value: Any) -> list[str]:
+    """The ``${VAR}`` names in an option's value as written in the file (nested too)."""
+    if isinstance(value, str):
+        return _ENV_RE.findall(value)
+    if isinstance(value, dict):
+        return [name for v in value.values() for name in _references(v)]
+    if isinstance(value, list):
+        return [name for v in value for name in _references(v)]
+    return []
 
 
 def parse_schedule(value: Any) -> float | None:
@@ -241,12 +285,13 @@ def _has_reference(value: Any) -> bool:
     return False
 
 
-def _substitute(value: Any, env: Mapping[str, str]) -> Any:
-    """``value`` with every ``${VAR}`` in its strings replaced (nested values included)."""
+def _substitute(value: Any, env: Mapping[str, str], used: dict[str, str]) -> Any:
+    """``value`` with every ``${VAR}`` in its strings replaced (nested values included);
+    ``used`` collects the variables read and their values."""
     if isinstance(value, dict):
-        return {k: _substitute(v, env) for k, v in value.items()}
+        return {k: _substitute(v, env, used) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, env) for v in value]
+        return [_substitute(v, env, used) for v in value]
     if not isinstance(value, str):
         return value
 
@@ -260,9 +305,34 @@ def _substitute(value: Any, env: Mapping[str, str]) -> Any:
             raise _BadReference(
                 f"environment variable {variable} is not set: set it or remove ${{{variable}}}"
             )
+        used[variable] = env[variable]
         return env[variable]
 
     return _ENV_RE.sub(replace, value)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping, naming it and both
+    lines (merge keys ``<<`` may still be overridden: that is what they are for)."""
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+            if first is not None:
+                raise ConstructorError(
+                    None, None,
+                    f"key {key!r} is given twice (first at line {first}): keep one",
+                    key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 def _problem(exc: yaml.YAMLError) -> str:

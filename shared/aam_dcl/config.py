@@ -6,11 +6,14 @@ of the guide's tuning examples as defaults; a variable that is set explicitly al
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -18,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from aam_dcl.errors import ConfigError
 from aam_dcl.keys import NAME_RE, NAME_RULE
+from aam_dcl.logs import redacted_url
 
 Profile = Literal["high-volume", "low-latency", "audit"]
 
@@ -43,6 +47,13 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
+# Upper bounds: beyond them a value is a typo, and some break things (a TTL in ms above ~1e14
+# is formatted as 1e+14 by the finalize script's Lua, which EXPIRE refuses).
+MAX_STREAM_MAXLEN = 1_000_000_000
+MAX_IDEMPOTENCY_TTL_S = 10 * 365 * 86400  # 10 years
+MAX_PAYLOAD_BYTES = 512 * 1024 * 1024  # Redis' default proto-max-bulk-len
+MAX_CLAIM_IDLE_MS = 7 * 86400 * 1000  # a week
+
 
 def _env(name: str, **kwargs: Any) -> Any:
     """A field read from exactly one environment variable (the alias is also the error name)."""
@@ -62,15 +73,23 @@ class Settings(BaseSettings):
     use_aam_as_source: bool = _env("USE_AAM_AS_SOURCE", default=True)
     batch_chunk_size: int = _env("AAM_BATCH_CHUNK_SIZE", default=200, ge=1, le=100_000)
     max_samples_per_table: int = _env("AAM_MAX_SAMPLES_PER_TABLE", default=8, ge=0, le=1000)
-    stream_maxlen: int = _env("AAM_REDIS_STREAM_MAXLEN", default=1000, ge=10)
-    idempotency_ttl_s: int = _env("AAM_IDEMPOTENCY_TTL", default=86400, ge=60)
+    stream_maxlen: int = _env("AAM_REDIS_STREAM_MAXLEN", default=1000, ge=10, le=MAX_STREAM_MAXLEN)
+    idempotency_ttl_s: int = _env(
+        "AAM_IDEMPOTENCY_TTL", default=86400, ge=60, le=MAX_IDEMPOTENCY_TTL_S
+    )
 
     # --- bridge ------------------------------------------------------------------------------
     profile: Profile | None = _env("AAM_PROFILE", default=None)
     connectors_file: Path | None = _env("AAM_CONNECTORS_FILE", default=None)
     trim_policy: Literal["block", "trim"] = _env("AAM_TRIM_POLICY", default="block")
-    backpressure_watermark: float = _env("AAM_BACKPRESSURE_WATERMARK", default=0.8, gt=0, le=1)
-    max_payload_bytes: int = _env("AAM_MAX_PAYLOAD_BYTES", default=16 * 1024 * 1024, ge=1024)
+    # Below 1 % of MAXLEN back-pressure would hold the bridge on every entry the worker has
+    # not taken yet.
+    backpressure_watermark: float = _env(
+        "AAM_BACKPRESSURE_WATERMARK", default=0.8, ge=0.01, le=1, allow_inf_nan=False
+    )
+    max_payload_bytes: int = _env(
+        "AAM_MAX_PAYLOAD_BYTES", default=16 * 1024 * 1024, ge=1024, le=MAX_PAYLOAD_BYTES
+    )
     # Groups the trim floor and back-pressure do not wait for (comma-separated names), e.g.
     # a group nobody reads any more. Every other group on a stream is protected.
     ignore_groups_csv: str = _env("AAM_IGNORE_GROUPS", default="")
@@ -80,9 +99,11 @@ class Settings(BaseSettings):
     consumer_name: str = _env("DCL_CONSUMER_NAME", default_factory=socket.gethostname)
     read_count: int = _env("DCL_READ_COUNT", default=100, ge=1, le=10_000)
     block_ms: int = _env("DCL_BLOCK_MS", default=2000, ge=1, le=60_000)
-    claim_idle_ms: int = _env("DCL_CLAIM_IDLE_MS", default=60_000, ge=100)
+    claim_idle_ms: int = _env("DCL_CLAIM_IDLE_MS", default=60_000, ge=100, le=MAX_CLAIM_IDLE_MS)
     max_deliveries: int = _env("DCL_MAX_DELIVERIES", default=5, ge=1, le=1000)
-    discovery_interval_s: float = _env("DCL_DISCOVERY_INTERVAL_S", default=5.0, gt=0, le=3600)
+    discovery_interval_s: float = _env(
+        "DCL_DISCOVERY_INTERVAL_S", default=5.0, gt=0, le=3600, allow_inf_nan=False
+    )
     # Columns one table may have; a wider table is poison (DuckDB crashes near 5 500, and
     # PostgreSQL's limit is 1 600 including the sink's own columns).
     max_columns: int = _env("DCL_MAX_COLUMNS", default=1000, ge=1, le=1500)
@@ -94,7 +115,9 @@ class Settings(BaseSettings):
     metrics_port: int | None = _env("METRICS_PORT", default=None, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _env("LOG_LEVEL", default="INFO")
     log_format: Literal["json", "console"] = _env("LOG_FORMAT", default="json")
-    shutdown_grace_s: float = _env("SHUTDOWN_GRACE_S", default=25.0, ge=0, le=3600)
+    shutdown_grace_s: float = _env(
+        "SHUTDOWN_GRACE_S", default=25.0, ge=0, le=3600, allow_inf_nan=False
+    )
 
     @field_validator("tenant_id", "consumer_name")
     @classmethod
@@ -106,17 +129,24 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("use redis://host:port/db, rediss:// (TLS) or unix:///path")
+        problem = None if value is None else redis_url_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("sink_url")
     @classmethod
     def _sink_url(cls, value: str) -> str:
-        if not value.startswith(("duckdb://", "postgresql://", "postgres://", "null://")):
-            raise ValueError(
-                "use duckdb://path/file.duckdb, postgresql://user:pass@host:port/db or null://"
-            )
+        problem = sink_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _metrics_host(cls, value: str) -> str:
+        if not _is_ip(value) and not _HOSTNAME_RE.match(value):
+            raise ValueError("use an IP address (0.0.0.0, ::, 127.0.0.1) or a host name")
         return value
 
     @field_validator("ignore_groups_csv")
@@ -174,6 +204,178 @@ def _describe(exc: ValidationError, env: Mapping[str, str]) -> str:
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else "?"
         value = env.get(name, error.get("input"))
+        if isinstance(value, str) and "://" in value:
+            value = redacted_url(value)  # a URL may carry a password
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"{name}={value!r} is invalid: {message}")
     return "; ".join(lines)
+
+
+# --- URLs ---------------------------------------------------------------------------------------
+# REDIS_URL and DCL_SINK_URL are checked here as completely as the clients will read them, so
+# that a typo stops start-up instead of failing (or silently meaning something else) at the
+# first connection. Messages never quote the URL's parts: it may carry a password.
+
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
+_PORT_RULE = "the port must be a number from 1 to 65535"
+_HASH_RULE = "'#' starts a fragment, which is ignored: write a '#' in a password or value as %23"
+_REDIS_RULE = "use redis://host:port/db, rediss:// (TLS) or unix:///path"
+
+# Query options of redis-py's URLs that make sense here, by scheme (anything else is a
+# TypeError at the first connection, or — decode_responses — breaks the reply types).
+_REDIS_OPTIONS = frozenset(
+    {"db", "username", "password", "client_name", "protocol",
+     "socket_timeout", "socket_connect_timeout", "socket_read_size", "retry_on_timeout",
+     "health_check_interval", "max_connections"}
+)  # fmt: skip
+_TCP_OPTIONS = _REDIS_OPTIONS | {"socket_keepalive"}
+_TLS_OPTIONS = _TCP_OPTIONS | {
+    "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path",
+    "ssl_check_hostname", "ssl_min_version", "ssl_ciphers", "ssl_password",
+    "ssl_include_verify_flags", "ssl_exclude_verify_flags",
+}  # fmt: skip
+REDIS_URL_OPTIONS = {"redis": _TCP_OPTIONS, "rediss": _TLS_OPTIONS, "unix": _REDIS_OPTIONS}
+_BOOL_WORDS = frozenset({"true", "false", "yes", "no", "1", "0", "on", "off"})
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _split(url: str) -> SplitResult | str:
+    """The URL's parts, or what is wrong with its syntax."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "a host in [ ] must be an IPv6 address with its closing ']', like [::1]"
+    if parts.fragment or url.endswith("#"):
+        return _HASH_RULE
+    return parts
+
+
+def _host_problem(host: str) -> str | None:
+    """Why ``host`` (a URL's host, brackets included) is not one, or None."""
+    if host.startswith("["):
+        if not host.endswith("]") or ":" not in host or not _is_ip(host[1:-1]):
+            return "a host in [ ] must be an IPv6 address with its closing ']', like [::1]"
+        return None
+    if host and not _HOSTNAME_RE.match(unquote(host)):
+        return "the host must be a host name or an IP address (IPv6 in [ ])"
+    return None
+
+
+def _port_problem(port: str) -> str | None:
+    if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return _PORT_RULE
+    return None
+
+
+def _host_port_problem(hostport: str) -> str | None:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
+    if hostport.startswith("["):
+        host, bracket, port = hostport.partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            return _host_problem(hostport)
+        return _host_problem(host + "]") or _port_problem(port[1:])
+    host, _, port = hostport.partition(":")
+    return _host_problem(host) or _port_problem(port) or (_PORT_RULE if ":" in port else None)
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with REDIS_URL (as redis-py would read it), or None."""
+    scheme = url.partition("://")[0] if "://" in url else ""
+    if scheme not in REDIS_URL_OPTIONS:
+        return _REDIS_RULE
+    parts = _split(url)
+    if isinstance(parts, str):
+        return parts
+    hostport = parts.netloc.rpartition("@")[2]  # redis-py splits at the last '@'
+    if scheme == "unix":
+        if hostport:
+            return "unix:// takes no host: use unix:///path/to/redis.sock (three slashes)"
+        if not parts.path.strip("/"):
+            return "unix:// needs the socket's path: unix:///path/to/redis.sock"
+    else:
+        problem = _host_port_problem(hostport)
+        if problem:
+            return problem
+        if not re.fullmatch(r"/?(\d{1,9}/?)?", unquote(parts.path)):
+            return "the path must be the database number, like /0"
+    return _redis_options_problem(scheme, parts.query)
+
+
+def _redis_options_problem(scheme: str, query: str) -> str | None:
+    allowed = REDIS_URL_OPTIONS[scheme]
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in allowed:
+            where = "" if scheme == "rediss" or not name.startswith("ssl_") else " (TLS: rediss://)"
+            return f"option {name!r} is unknown{where}: use {', '.join(sorted(allowed))}"
+        problem = _redis_option_problem(name, value)
+        if problem:
+            return f"option {name}: {problem}"
+    return None
+
+
+def _redis_option_problem(name: str, value: str) -> str | None:
+    if name in {"db", "socket_read_size", "health_check_interval", "ssl_min_version"}:
+        return None if value.isascii() and value.isdigit() else "use a whole number >= 0"
+    if name == "max_connections":
+        return None if value.isascii() and value.isdigit() and int(value) >= 1 else "use >= 1"
+    if name == "protocol":
+        return None if value in {"2", "3"} else "use 2 or 3"
+    if name in {"socket_timeout", "socket_connect_timeout"}:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        return None if 0 < seconds < float("inf") else "use a number of seconds > 0"
+    if name in {"retry_on_timeout", "socket_keepalive", "ssl_check_hostname"}:
+        return None if value.lower() in _BOOL_WORDS else "use true or false"
+    if name == "ssl_cert_reqs":
+        return None if value in {"none", "optional", "required"} else "use none, optional, required"
+    if name in {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}:
+        return None if Path(value).is_file() else "no such file"
+    if name == "ssl_ca_path":
+        return None if Path(value).is_dir() else "no such directory"
+    return None
+
+
+def sink_url_problem(url: str) -> str | None:
+    """What is wrong with DCL_SINK_URL, or None (the sink itself checks ``?schema=``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in {"duckdb", "postgresql", "postgres", "null"}:
+        return "use duckdb://path/file.duckdb, postgresql://user:pass@host:port/db or null://"
+    if scheme == "duckdb" and not rest:
+        return "duckdb:// needs the file's path, like duckdb://./data/dcl.duckdb"
+    if scheme in {"postgresql", "postgres"}:
+        return _postgres_url_problem(url)
+    return None
+
+
+def _postgres_url_problem(url: str) -> str | None:
+    parts = _split(url)
+    if isinstance(parts, str):
+        return parts
+    hosts = parts.netloc.partition("@")[2] if "@" in parts.netloc else parts.netloc
+    if "@" in hosts:  # asyncpg splits at the first '@'
+        return "write an '@' in the user name or password as %40"
+    for hostport in hosts.split(",") if hosts else []:
+        if not hostport.startswith("%2F"):  # a socket directory, percent-encoded
+            problem = _host_port_problem(hostport)
+            if problem:
+                return problem
+    try:
+        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        return "the query must be name=value pairs joined by '&'"
+    for name, value in query:
+        if name == "port" and any(_port_problem(p) or not p for p in value.split(",")):
+            return f"option port: {_PORT_RULE}"
+        if name == "sslmode" and value not in _SSLMODES:
+            return f"option sslmode: use {', '.join(_SSLMODES)}"
+    return None

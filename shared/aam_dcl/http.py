@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -18,6 +20,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+
+from aam_dcl.errors import ConfigError
 
 # `*_created` series double the series count and carry nothing an operator uses.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
@@ -54,19 +58,45 @@ async def start_http_server(
     app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(_listen_problem(host, port, exc)) from None
     return runner
+
+
+def _listen_problem(host: str, port: int, exc: OSError) -> str:
+    """One line naming the variable to change when the HTTP port cannot be opened."""
+    if isinstance(exc, socket.gaierror):
+        return f"METRICS_HOST={host!r} is invalid: it does not resolve ({exc.strerror})"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"METRICS_PORT={port} is invalid: {host}:{port} is already in use by another "
+            "process: choose a free port (0 = any free port)"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"METRICS_HOST={host!r} is invalid: it is not an address of this machine "
+            "(0.0.0.0 = every interface)"
+        )
+    if exc.errno == errno.EACCES:
+        return f"METRICS_PORT={port} is invalid: not allowed to listen on it (ports < 1024)"
+    reason = exc.strerror or str(exc)
+    return f"METRICS_HOST={host!r} METRICS_PORT={port}: cannot listen there: {reason}"
 
 
 @contextlib.asynccontextmanager
 async def health_server(
     host: str, port: int | None, default_port: int, *, live: LiveCheck, ready: ReadyCheck
 ) -> AsyncIterator[int]:
-    """The daemon's HTTP server for the duration of the block; yields the configured port."""
+    """The daemon's HTTP server for the duration of the block; yields the port it listens on
+    (the free port chosen for METRICS_PORT=0). A host or port it cannot listen on raises
+    ConfigError naming METRICS_HOST or METRICS_PORT: the daemon stops with one line."""
     port = default_port if port is None else port
     runner = await start_http_server(host, port, live=live, ready=ready)
     try:
-        yield port
+        yield bound_port(runner)
     finally:
         await runner.cleanup()
 

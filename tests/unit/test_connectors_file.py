@@ -286,6 +286,32 @@ ERRORS = [
         "is not valid YAML at line",
         id="yaml-syntax",
     ),
+    pytest.param(
+        "connectors:\n  - name: a\n    type: demo\n    name: b\n",
+        "at line 4, column 5: key 'name' is given twice (first at line 2): keep one",
+        id="duplicate-field",
+    ),
+    pytest.param(
+        "connectors:\n  - name: a\n    type: demo\n    options:\n      records: 5\n"
+        "      records: 50\n",
+        "at line 6, column 7: key 'records' is given twice (first at line 5)",
+        id="duplicate-option",
+    ),
+    pytest.param(
+        "connectors: [{name: a, type: demo, type: demo}]",
+        "key 'type' is given twice (first at line 1)",
+        id="duplicate-in-flow-mapping",
+    ),
+    pytest.param(
+        "connectors: []\nconnectors: [{name: a, type: demo}]\n",
+        "at line 2, column 1: key 'connectors' is given twice (first at line 1)",
+        id="duplicate-top-level",
+    ),
+    pytest.param(
+        "connectors: " + "[" * 3000 + "]" * 3000,
+        "is nested too deeply",
+        id="nested-too-deeply",
+    ),
 ]
 
 
@@ -301,6 +327,86 @@ def test_every_error_is_one_line_naming_file_connector_field_and_rule(
     assert "\n" not in error
     assert error.startswith(f"{path}: ")
     assert message in error
+
+
+def test_yaml_merge_keys_may_still_be_overridden(write: Callable[[str], Path]) -> None:
+    """Only keys written twice are refused: a key that overrides a ``<<`` merge is fine."""
+    path = write(
+        "base: &base {type: demo, schedule: once}\n"
+        "connectors:\n  - <<: *base\n    name: a\n    schedule: 5m\n"
+    )
+    [config] = load_connectors(path, TENANT, env={})
+    assert (config.type, config.schedule_s) == ("demo", 300.0)
+
+
+def test_a_file_that_is_not_utf8_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A Latin-1 file is a ConfigError naming the file, the byte and its line (it was a
+    UnicodeDecodeError traceback)."""
+    path = tmp_path / "connectors.yaml"
+    path.write_bytes("connectors:\n  - name: café\n    type: demo\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as caught:
+        load_connectors(path, TENANT, env={})
+    assert str(caught.value) == (
+        f"{path}: is not UTF-8 text (byte 0xe9 at line 2): save the connectors file as UTF-8"
+    )
+
+
+def test_a_directory_is_one_line_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path}: cannot read the connectors")):
+        load_connectors(tmp_path, TENANT, env={})
+
+
+class QuotingConnector(Connector):
+    """Rejects its ``url`` option quoting the value twice, as a careless connector might."""
+
+    type_name = "quoting"
+
+    def __init__(self, config: ConnectorConfig) -> None:
+        super().__init__(config)
+        url = config.options["url"]
+        raise ConfigError(f"options.url={url!r} is invalid: cannot reach {url}")
+
+    async def tables(self) -> list[TableSpec]:
+        return []
+
+    async def read(self, table: TableSpec, cursor: str | None) -> AsyncIterator[Page]:
+        yield Page([], None)
+
+
+CANARY = "CANARY-from-env"
+
+
+@pytest.mark.parametrize(
+    ("options", "shown"),
+    [
+        ("{records: '${RECORDS}'}", "options.records (from ${RECORDS}) is invalid: use an integer"),
+        ("{seed: '${RECORDS}'}", "options.seed (from ${RECORDS}) is invalid: use an integer"),
+        ("{flavor: 'x-${RECORDS}-y'}", "options.flavor (from ${RECORDS}) is invalid: use one of"),
+    ],
+)
+def test_an_error_about_a_value_from_env_names_the_variable_not_the_value(
+    write: Callable[[str], Path], options: str, shown: str
+) -> None:
+    """``options.records='CANARY…' is invalid`` leaked a secret from the environment into
+    logs and terminals: the message names the ${VAR} instead."""
+    path = write(f"connectors: [{{name: a, type: demo, options: {options}}}]")
+    with pytest.raises(ConfigError) as caught:
+        load_connectors(path, TENANT, env={"RECORDS": CANARY})
+    assert CANARY not in str(caught.value)
+    assert shown in str(caught.value)
+
+
+def test_a_value_from_env_is_hidden_however_the_connector_quotes_it(
+    write: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connector may repeat the value in its own words: every occurrence is replaced."""
+    monkeypatch.setitem(registry.CONNECTORS, "quoting", QuotingConnector)
+    path = write("connectors: [{name: a, type: quoting, options: {url: 'https://${HOST}/x'}}]")
+    with pytest.raises(ConfigError) as caught:
+        load_connectors(path, TENANT, env={"HOST": CANARY.lower()})
+    message = str(caught.value)
+    assert CANARY.lower() not in message
+    assert "options.url (from ${HOST}) is invalid: cannot reach https://${HOST}/x" in message
 
 
 def test_a_missing_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
