@@ -9,10 +9,12 @@ batch ids, which the worker drops as duplicates. How the stream is trimmed is AA
 
 - ``trim`` — the guide's policy: ``XADD ... MAXLEN ~ AAM_REDIS_STREAM_MAXLEN``. It deletes the
   oldest entries whether or not the group has taken them.
-- ``block`` (default, DESIGN §4.2 fix) — no unacknowledged entry is ever trimmed. The XADD
-  trims with ``MINID ~ <oldest unacknowledged id>``, so only entries the group has delivered
-  and acknowledged go; and publishing waits (back-pressure) while the group's lag + pending
-  is above ``AAM_BACKPRESSURE_WATERMARK × MAXLEN``, or while the stream is held long by an
+- ``block`` (default, DESIGN §4.2 fix) — no unacknowledged entry is ever trimmed, for any
+  consumer group on the stream (but those named in AAM_IGNORE_GROUPS). The XADD trims with
+  ``MINID ~ <oldest id some group has not acknowledged>``, so only entries every group has
+  delivered and acknowledged go; and publishing waits (back-pressure) while the slowest
+  group's lag + pending is above ``AAM_BACKPRESSURE_WATERMARK × MAXLEN``, or while the
+  stream is held long by an
   old pending entry (a dead consumer's, until a worker reclaims it). MAXLEN counting lag +
   pending alone is not enough: a pending entry sits at the old end, where MAXLEN cuts.
 """
@@ -71,6 +73,8 @@ class Publisher:
         # Entries per publish call: few round trips, yet well below what back-pressure allows.
         self.max_entries_per_call = max(1, min(64, self.limit // 4))
         self._publish = client.register_script(PUBLISH_SCRIPT)
+        # Never ignore our own group: the worker's exactly-once depends on it.
+        self.ignored = settings.ignore_groups - {self.group}
 
     async def ensure_group(self) -> None:
         """Create the consumer group before the first XADD, so no entry predates it."""
@@ -100,25 +104,36 @@ class Publisher:
         return [bytes(entry_id) for entry_id in entry_ids]
 
     async def unread(self) -> tuple[int, int]:
-        """(lag + pending, XLEN) of the group; refreshes the trim floor on the way."""
+        """(lag + pending of the slowest group, XLEN); refreshes the trim floor on the way.
+
+        Every consumer group on the stream counts, not only ``dcl_engine:{tenant}``: other
+        services may read the same stream with their own group, and trimming below their
+        unacknowledged entries would lose them. Groups in AAM_IGNORE_GROUPS don't count.
+        """
         pipe = self.redis.pipeline(transaction=False)
         pipe.xinfo_groups(self.stream)
         pipe.xinfo_stream(self.stream)
-        pipe.xpending(self.stream, self.group)
-        groups, stream, pending = await pipe.execute(raise_on_error=False)
+        groups, stream = await pipe.execute(raise_on_error=False)
         if isinstance(groups, Exception) or isinstance(stream, Exception):
             await self.ensure_group()  # deleted under us: recreate, everything is unread
             self.floor = "0-1"
             return 0, 0
         length = int(stream["length"])
         metrics.STREAM_LENGTH.labels(*self.labels).set(length)
-        for info in groups:
-            if info["name"] == self.group.encode():
-                self.floor = _floor(info, pending)
-                return int(info["pending"]) + group_lag(info, stream), length
-        await self.ensure_group()
-        self.floor = "0-1"
-        return length, length
+        names = [_text(g["name"]) for g in groups]
+        if self.group not in names:
+            await self.ensure_group()
+            self.floor = "0-1"
+            return length, length
+        counted = [g for g, name in zip(groups, names, strict=True) if name not in self.ignored]
+        pipe = self.redis.pipeline(transaction=False)
+        for info in counted:
+            pipe.xpending(self.stream, info["name"])
+        pendings = await pipe.execute()
+        floors = [_floor(info, pending) for info, pending in zip(counted, pendings, strict=True)]
+        self.floor = min(floors, key=entry_id_key, default=self.floor)
+        unread = [int(info["pending"]) + group_lag(info, stream) for info in counted]
+        return max(unread, default=0), length
 
     def _full(self, unread: int, length: int, entries: int) -> bool:
         return unread + entries > self.limit or length + entries > self.max_length
@@ -163,3 +178,7 @@ def _floor(group: Mapping[str, object], pending: object) -> str:
         if entry_id_key(oldest) < entry_id_key(floor):
             floor = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
     return floor
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

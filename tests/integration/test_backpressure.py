@@ -73,3 +73,60 @@ async def test_trim_policy_trim_is_the_guides_plain_trimming_and_loses_unread_en
     info = await redis.xinfo_stream(keys.stream("default", config.name))
     assert info["entries-added"] >= 5 * MAXLEN
     assert info["length"] < info["entries-added"]  # unread entries were trimmed away
+
+
+async def read_slowly(
+    redis: aioredis.Redis, stream: str, group: str, until: asyncio.Event
+) -> list[str]:
+    """A downstream service's plain redis-py loop on its own group: 2 entries per read, slow
+    (about 60 a second, while the worker takes thousands)."""
+    batch_ids: list[str] = []
+    while True:
+        reply = await redis.xreadgroup(group, "downstream-1", {stream: ">"}, count=2, block=50)
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                batch_ids.append(fields[b"payload"].split(b'"batch_id":"')[1].split(b'"')[0])
+                await redis.xack(stream, group, entry_id)
+        if not reply and until.is_set():
+            return [b.decode() for b in batch_ids]
+        await asyncio.sleep(0.03)
+
+
+async def test_a_second_slower_group_on_the_stream_receives_every_entry(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """Trimming and back-pressure follow the slowest group, not dcl_engine alone: a downstream
+    group created before the bridge runs gets every entry while the worker drains its own."""
+    settings = settings.model_copy(update={"stream_maxlen": MAXLEN, "batch_chunk_size": CHUNK})
+    (config,) = demo_configs(records=RECORDS)[:1]
+    stream = keys.stream("default", config.name)
+    await redis.xgroup_create(stream, "downstream", id="0", mkstream=True)
+    done = asyncio.Event()
+    reader = asyncio.create_task(read_slowly(redis, stream, "downstream", done))
+    async with running_worker(settings):
+        await asyncio.wait_for(serve_bridge(settings, asyncio.Event(), [config]), 90)
+        await wait_until(lambda: drained(redis), what="the worker to catch up")
+        done.set()
+        received = await asyncio.wait_for(reader, 60)
+    processed = {m.decode() for m in await redis.smembers(keys.processed_set("default"))}
+    info = await redis.xinfo_stream(stream)
+    assert info["entries-added"] >= 5 * MAXLEN
+    assert len(received) == info["entries-added"], "the downstream group missed entries"
+    assert set(received) == processed
+
+
+async def test_a_group_named_in_aam_ignore_groups_does_not_hold_the_bridge(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """A group nobody reads any more, once ignored, neither blocks publishing nor the trim."""
+    settings = settings.model_copy(
+        update={"stream_maxlen": MAXLEN, "batch_chunk_size": CHUNK, "ignore_groups_csv": "gone"}
+    )
+    (config,) = demo_configs(records=RECORDS)[:1]
+    stream = keys.stream("default", config.name)
+    await redis.xgroup_create(stream, "gone", id="0", mkstream=True)
+    async with running_worker(settings):
+        await asyncio.wait_for(serve_bridge(settings, asyncio.Event(), [config]), 90)
+        await wait_until(lambda: drained(redis), what="the worker to catch up")
+    info = await redis.xinfo_stream(stream)
+    assert info["length"] < info["entries-added"], "acknowledged entries were trimmed"
