@@ -49,6 +49,7 @@ class LocalServer:
     port: int
     binary: str
     appendonly: bool = False
+    appendfsync: str = "always"  # with appendonly: always | everysec | no
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -64,7 +65,7 @@ class LocalServer:
             "--dir", str(self.directory),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
+            "--appendfsync", self.appendfsync,
             "--logfile", str(self.directory / "server.log"),
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -92,9 +93,15 @@ class LocalServer:
 
 
 def start_local_server(
-    directory: Path, *, port: int | None = None, appendonly: bool = False, prefer: str = "valkey"
+    directory: Path,
+    *,
+    port: int | None = None,
+    appendonly: bool = False,
+    appendfsync: str = "always",
+    prefer: str = "valkey",
 ) -> LocalServer:
-    return LocalServer(directory, port or free_port(), find_binary(prefer), appendonly).start()
+    binary = find_binary(prefer)
+    return LocalServer(directory, port or free_port(), binary, appendonly, appendfsync).start()
 
 
 def _answers_ping(port: int) -> bool:

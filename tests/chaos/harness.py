@@ -1,6 +1,10 @@
 """Chaos harness: real ``aam-bridge`` and ``dcl-worker`` processes and a private Redis with an
-``appendfsync always`` AOF, each killed with SIGKILL at seeded random moments and restarted,
-while demo connectors push their records through; then the verdict of ``verify``.
+AOF (``appendfsync always`` or ``everysec``), each killed with SIGKILL at seeded random moments
+and restarted, while demo connectors push their records through; then the verdict of
+``verify``. Redis is killed while entries are pending and the bridge is mid-run; with
+``crash_loss_bytes`` the tail of its AOF is cut off as well, as a machine crash under
+``everysec`` loses the last second of writes (a kill -9 alone loses nothing: the written AOF
+is in the OS page cache).
 
 A run: start Redis, the workers (each under a fixed DCL_CONSUMER_NAME) and the bridge
 (connectors file with ``schedule: once``, so one bridge process = one sync run of every
@@ -61,6 +65,8 @@ class ChaosPlan:
     min_runs: int = 2
     delay_s: tuple[float, float] = (0.5, 2.5)  # between two kills
     redis_down_s: tuple[float, float] = (0.2, 1.0)
+    appendfsync: str = "always"  # the private Redis's AOF policy: always | everysec
+    crash_loss_bytes: int = 0  # cut up to this much of the AOF's tail at each Redis kill
     seed: int = 20251107
     chunk_size: int = 200
     page_size: int = 500
@@ -143,11 +149,28 @@ class Daemon:
 
 
 class ChaosRedis:
-    """A private Redis with AOF (appendfsync always) that can crash and come back."""
+    """A private Redis with an AOF that can crash (losing its AOF's tail) and come back."""
 
-    def __init__(self, directory: Path) -> None:
-        self.server = start_local_server(directory, appendonly=True, prefer="redis")
+    def __init__(self, directory: Path, appendfsync: str) -> None:
+        self.server = start_local_server(
+            directory, appendonly=True, appendfsync=appendfsync, prefer="redis"
+        )
         self.kills = 0
+
+    def lose_aof_tail(self, max_bytes: int, rng: Random) -> int:
+        """Cut up to ``max_bytes`` off the newest AOF file, mid-command as a crash would
+        (Redis loads a truncated AOF up to its last whole command); returns the bytes cut."""
+        files = sorted(
+            self.server.directory.glob("appendonlydir/*.incr.aof"),
+            key=lambda f: int(f.name.split(".")[-3]),
+        )
+        if not files or max_bytes <= 0:
+            return 0
+        newest = files[-1]
+        size = newest.stat().st_size
+        cut = min(size, rng.randint(1, max_bytes))
+        os.truncate(newest, size - cut)
+        return cut
 
     @property
     def url(self) -> str:
@@ -159,7 +182,9 @@ class ChaosRedis:
 
     def restart(self) -> None:
         old = self.server
-        self.server = LocalServer(old.directory, old.port, old.binary, appendonly=True).start()
+        self.server = LocalServer(
+            old.directory, old.port, old.binary, appendonly=True, appendfsync=old.appendfsync
+        ).start()
 
     def stop(self) -> None:
         self.server.stop()
@@ -264,7 +289,7 @@ class ChaosRun:
 
     async def run(self) -> Report:
         self.started = time.monotonic()
-        self.redis = ChaosRedis(self.workdir / "redis")
+        self.redis = ChaosRedis(self.workdir / "redis", self.plan.appendfsync)
         self.client = redis_client(self.redis.url)
         try:
             self._start_daemons()
@@ -420,15 +445,29 @@ class ChaosRun:
         self._event(f"kill -9 bridge mid-run (next chunk of the open runs: {open_runs}); restarted")
 
     async def _kill_redis(self, down_s: float) -> None:
+        """Kill Redis mid-flow: the first moment after the delay that entries are pending and
+        a sync run is publishing (a quiet moment would prove little)."""
         assert self.redis is not None
+        assert self.bridge is not None
+        while True:
+            self._check_deadline("entries pending while the bridge publishes, to kill Redis")
+            pending = await self._pending_total()
+            runs = await self._sync_states() if self.bridge.running else {}
+            publishing = any(int(s.get("next_chunk", 1)) > 1 for s in runs.values()
+                             if s.get("run_start_ms"))  # fmt: skip
+            if isinstance(pending, int) and pending > 0 and publishing:
+                break
+            await asyncio.sleep(0.01)
         unread = await self._unread()
         self.redis.kill9()
+        lost = self.redis.lose_aof_tail(self.plan.crash_loss_bytes, self.rng)
         await asyncio.sleep(down_s)
         await asyncio.to_thread(self.redis.restart)
         self.report.kills["redis"] += 1
         self._event(
-            f"kill -9 redis (lag+pending {unread}); restarted on port {self.redis.server.port} "
-            f"from its AOF after {down_s:.2f} s"
+            f"kill -9 redis ({pending} pending, lag+pending {unread}, bridge publishing; "
+            f"appendfsync {self.plan.appendfsync}, {lost} bytes of AOF tail lost); restarted "
+            f"on port {self.redis.server.port} from its AOF after {down_s:.2f} s"
         )
 
     async def _wait_drained(self) -> None:
@@ -497,6 +536,15 @@ class ChaosRun:
         except RedisError as exc:
             return f"unknown: {exc}"
         return total
+
+    async def _pending_total(self) -> int | str:
+        assert self.client is not None
+        try:
+            groups = [await self.client.xinfo_groups(keys.stream(TENANT, c))
+                      for c in self.plan.connectors]  # fmt: skip
+        except RedisError as exc:
+            return f"unknown: {exc}"
+        return sum(int(g["pending"]) for gs in groups for g in gs)
 
     async def _pending_of(self, consumer: str) -> int | str:
         assert self.client is not None

@@ -46,3 +46,22 @@ async def test_one_worker_duckdb_200k_records_through_kills_land_exactly_once(
     )
     sink_url = f"duckdb://{tmp_path / 'dcl.duckdb'}"
     check(await ChaosRun(plan, tmp_path, sink_url).run(), plan)
+
+
+async def test_everysec_aof_with_a_lost_tail_still_lands_exactly_once(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """Redis with ``appendfsync everysec`` killed twice mid-flow, each time losing up to 256 KiB
+    of its AOF's tail, as a machine crash loses the last second: XADDs with their checkpoints,
+    marks and acks vanish together; the bridge re-sends under the same ids and the store's
+    inbox keeps every batch applied once."""
+    plan = ChaosPlan(
+        records_per_table=25_000,
+        delay_s=(0.3, 2.0),
+        redis_kills=2,
+        appendfsync="everysec",
+        crash_loss_bytes=256 * 1024,
+        seed=20261201,
+    )
+    sink_url = f"{pg_dsn}?schema=chaos_{uuid.uuid4().hex[:12]}"
+    check(await ChaosRun(plan, tmp_path, sink_url).run(), plan)
