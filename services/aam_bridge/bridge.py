@@ -77,6 +77,7 @@ class Bridge:
         )
         runner = SyncRunner(self.settings, self.redis, connector)
         labels = (self.settings.tenant_id, config.name)
+        metrics.init_connector(*labels)
         failures = 0
         opened = False
         while not self.stopping.is_set():

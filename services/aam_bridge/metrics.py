@@ -32,3 +32,17 @@ LAST_SUCCESS = Gauge(
 )
 BUILD_INFO = Gauge("aam_bridge_build_info", "Build information.", ["version"])
 BUILD_INFO.labels(__version__).set(1)
+
+SYNC_STATUSES = ("succeeded", "failed")
+
+
+def init_connector(tenant: str, connector: str) -> None:
+    """Create every series of a connector at 0 (the Prometheus convention), so dashboards
+    and alerts see 0 rather than "No data" before anything has happened."""
+    labels = (tenant, connector)
+    for counter in (RECORDS_PUBLISHED, BATCHES_PUBLISHED, PUBLISH_ERRORS, BACKPRESSURE_SECONDS):
+        counter.labels(*labels)
+    for status in SYNC_STATUSES:
+        SYNC_RUNS.labels(*labels, status)
+    PUBLISH_SECONDS.labels(*labels)
+    BACKPRESSURE_ACTIVE.labels(*labels).set(0)

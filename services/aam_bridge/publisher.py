@@ -27,6 +27,7 @@ from collections.abc import Mapping
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from aam_bridge import metrics
@@ -98,7 +99,11 @@ class Publisher:
         for name, value in checkpoint.items():
             args += [name, value]
         started = time.perf_counter()
-        entry_ids = await self._publish(keys=[self.stream, self.state_key], args=args)
+        try:
+            entry_ids = await self._publish(keys=[self.stream, self.state_key], args=args)
+        except (RedisError, OSError):
+            metrics.PUBLISH_ERRORS.labels(*self.labels).inc()
+            raise
         metrics.PUBLISH_SECONDS.labels(*self.labels).observe(time.perf_counter() - started)
         self.room -= len(payloads)
         return [bytes(entry_id) for entry_id in entry_ids]

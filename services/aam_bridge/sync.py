@@ -25,6 +25,7 @@ from aam_bridge.publisher import Publisher
 from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.messages import Batch, Record, encode
+from aam_dcl.progress import Progress
 from aam_dcl.schema import table_batch
 
 log = structlog.get_logger("aam_bridge.sync")
@@ -144,6 +145,7 @@ class SyncRunner:
         last_cursor = state.pos_cursor
         published = 0
         in_flight: asyncio.Task[None] | None = None  # one call at a time, overlapping our work
+        progress = Progress(self.settings.progress_interval_s)
 
         async def flush() -> None:
             nonlocal published, in_flight
@@ -175,6 +177,10 @@ class SyncRunner:
                 buffer = buffer[full:]
                 if page.cursor is not None:
                     last_cursor = page.cursor
+                progress.add(pages=1, records=len(records))
+                line = progress.due("records")
+                if line is not None:
+                    log.info("sync_progress", table=table.name, cursor=last_cursor, **line)
                 if not buffer and skip == 0:
                     # Everything up to this page is cut: later chunks resume from its cursor.
                     base, since = last_cursor, 0

@@ -35,6 +35,7 @@ from aam_dcl.errors import (
     SinkUnavailable,
 )
 from aam_dcl.messages import Batch, decode
+from aam_dcl.progress import Progress
 from aam_dcl.stream_info import create_group, entry_id_key
 from dcl_worker import metrics
 from dcl_worker.finalize import DeadLetter, Finalizer
@@ -99,6 +100,9 @@ class StreamConsumer:
         self.read_backlog = True  # this consumer's own pending entries are read first
         self.not_before = 0.0  # monotonic time before which it is not read again
         self.failures = Backoff(cap_s=30.0)  # for handling that failed unexpectedly
+        self.progress = Progress(settings.progress_interval_s)
+        self.lag: int | None = None  # as the worker's monitor last saw them
+        self.pending: int | None = None
         self.next_claim_at = 0.0
         self.claim_cursor = b"0-0"
         self.in_flight = False
@@ -399,6 +403,17 @@ class StreamConsumer:
         if out.retry:
             metrics.BATCHES.labels(*self.labels, "failed").inc(out.retry)
         metrics.PROCESSING_SECONDS.labels(*self.labels).observe(time.perf_counter() - started)
+        self.progress.add(
+            batches=len(out.processed),
+            records=sum(b.record_count for b in out.processed),
+            duplicates=len(out.duplicates),
+            dead_lettered=len(out.dead),
+        )
+        line = self.progress.due("records")
+        if line is not None:
+            log.info(
+                "stream_progress", stream=self.stream, lag=self.lag, pending=self.pending, **line
+            )
         if out.processed:
             log.debug(
                 "batches_processed",

@@ -81,3 +81,32 @@ IGNORED_STREAMS = Gauge(
 )
 BUILD_INFO = Gauge("dcl_worker_build_info", "Build information.", ["version"])
 BUILD_INFO.labels(__version__).set(1)
+
+OUTCOMES = ("processed", "duplicate", "dead_lettered", "failed")
+# Every reason a batch can be dead-lettered for (docs/operations.md explains each).
+DEAD_LETTER_REASONS = (
+    "malformed_json", "wrong_shape", "oversize", "connector_mismatch", "future_batch_id",
+    "sink_rejected", "max_deliveries", "too_many_columns", "name_collision", "batch_id_conflict",
+)  # fmt: skip
+
+
+def init_stream(tenant: str, connector: str) -> None:
+    """Create every series of a stream at 0 (the Prometheus convention), so dashboards and
+    alerts see 0 rather than "No data" on a healthy pipeline."""
+    labels = (tenant, connector)
+    for outcome in OUTCOMES:
+        BATCHES.labels(*labels, outcome)
+        RECORDS.labels(*labels, outcome)
+    for reason in DEAD_LETTER_REASONS:
+        DEAD_LETTERED.labels(*labels, reason)
+    for counter in (RECLAIMED, DELETED_PENDING, SINK_ERRORS, REDIS_ERRORS):
+        counter.labels(*labels)
+    PROCESSING_SECONDS.labels(*labels)
+    END_TO_END_SECONDS.labels(*labels)
+    for gauge in (PENDING, GROUP_LAG, OLDEST_PENDING_AGE, DEAD_LETTER_LENGTH):
+        gauge.labels(*labels)
+
+
+def init_tenant(tenant: str) -> None:
+    for gauge in (PAUSED, STREAMS, IGNORED_STREAMS, PROCESSED_SET_SIZE):
+        gauge.labels(tenant)

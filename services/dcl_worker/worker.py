@@ -54,6 +54,7 @@ class Worker:
 
     async def run(self) -> None:
         metrics.CONSUMING.labels(self.tenant).set(1 if self.settings.use_aam_as_source else 0)
+        metrics.init_tenant(self.tenant)
         if not self.settings.use_aam_as_source:
             log.warning(
                 "consumption_disabled",
@@ -167,6 +168,7 @@ class Worker:
             self.settings, self.redis, self.sink, connector, self.stopping, self.running
         )
         self.consumers[connector] = consumer
+        metrics.init_stream(self.tenant, connector)
         metrics.STREAMS.labels(self.tenant).set(len(self.consumers))
         log.info("stream_discovered", connector=connector, stream=consumer.stream)
 
@@ -216,8 +218,11 @@ class Worker:
                 metrics.DEAD_LETTER_LENGTH.labels(*labels).set(dlq_length)
             for info in groups if isinstance(groups, list) else []:
                 if info.get("name") == group.encode() and isinstance(stream_info, dict):
-                    metrics.GROUP_LAG.labels(*labels).set(group_lag(info, stream_info))
-                    metrics.PENDING.labels(*labels).set(info.get("pending", 0))
+                    consumer = self.consumers[connector]
+                    consumer.lag = group_lag(info, stream_info)
+                    consumer.pending = int(info.get("pending", 0))
+                    metrics.GROUP_LAG.labels(*labels).set(consumer.lag)
+                    metrics.PENDING.labels(*labels).set(consumer.pending)
             if isinstance(pending, dict):
                 oldest = pending.get("min")
                 age_s = 0.0

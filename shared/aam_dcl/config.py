@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = _env(
         "SHUTDOWN_GRACE_S", default=25.0, ge=0, le=3600, allow_inf_nan=False
     )
+    # At most one progress line per stream (worker) or per table (bridge) this often.
+    progress_interval_s: float = _env(
+        "LOG_PROGRESS_INTERVAL_S", default=10.0, gt=0, le=3600, allow_inf_nan=False
+    )
 
     @field_validator("tenant_id", "consumer_name")
     @classmethod

@@ -106,6 +106,7 @@ BAD_VALUES = {
     "LOG_LEVEL": ("LOUD", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
     "LOG_FORMAT": ("xml", "'json' or 'console'"),
     "SHUTDOWN_GRACE_S": ("-1", "greater than or equal to 0"),
+    "LOG_PROGRESS_INTERVAL_S": ("0", "greater than 0"),
     "AAM_CONNECTORS_FILE": (None, None),  # any path is accepted here; the file is checked on load
 }
 
