@@ -55,11 +55,13 @@ def _tenant_settings(ctx: click.Context, **overrides: Any) -> Settings:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Per stream: length, groups, pending, lag, dead letters; the processed set's size and TTL."""
+    """Per stream: length, every consumer group with its pending, lag and oldest pending age
+    (AAM_IGNORE_GROUPS marked ignored), dead letters; streams the worker ignores, with why;
+    the processed set's size and TTL."""
     from aam_dcl.inspect import collect_status, render_status
 
     settings = _tenant_settings(ctx)
-    report = _run(lambda: collect_status(settings))
+    report = _ops(ctx, None, lambda client, _: collect_status(settings, client))
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
@@ -123,7 +125,7 @@ def _ops(
     """Run ``fn(client, tenant)`` against REDIS_URL; map Redis and ops errors to exit code 1."""
     from redis.exceptions import RedisError
 
-    from aam_dcl.logs import redacted_url
+    from aam_dcl.logs import redact_urls_in, redacted_url
     from aam_dcl.ops import OperationRefused
     from aam_dcl.redis_conn import connect
 
@@ -142,9 +144,9 @@ def _ops(
         return _run(call)
     except OperationRefused as exc:
         raise click.ClickException(str(exc)) from None
-    except RedisError as exc:
+    except (RedisError, OSError) as exc:
         url = redacted_url(settings.effective_redis_url)
-        raise click.ClickException(f"Redis at {url}: {exc}") from None
+        raise click.ClickException(redact_urls_in(f"Redis at {url}: {exc}")) from None
 
 
 def _echo_json(value: Any) -> None:

@@ -10,53 +10,96 @@ import redis.asyncio as aioredis
 from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.redis_conn import connect
-from aam_dcl.stream_info import group_lag
+from aam_dcl.stream_info import entry_id_key, group_lag
 
 
 async def list_streams(client: aioredis.Redis, tenant: str) -> list[str]:
     """Connector names with a stream of this tenant (SCAN aam:dcl:{tenant}:*)."""
-    names = []
-    async for key in client.scan_iter(
+    connectors, _ = await scan_streams(client, tenant)
+    return connectors
+
+
+async def scan_streams(
+    client: aioredis.Redis, tenant: str
+) -> tuple[list[str], list[dict[str, str]]]:
+    """``(connectors, ignored)``: the tenant's connector streams, and the streams under
+    ``aam:dcl:{tenant}:`` the worker ignores because their name is no connector's, each as
+    ``{"key": ..., "reason": ...}``."""
+    names, ignored = [], []
+    async for raw in client.scan_iter(
         match=keys.stream_pattern(tenant), count=1000, _type="stream"
     ):
-        name = keys.connector_of_stream(tenant, key.decode())
+        try:
+            key = raw.decode()
+        except UnicodeDecodeError:
+            shown = raw.decode(errors="backslashreplace")
+            ignored.append({"key": shown, "reason": "the key is not valid UTF-8"})
+            continue
+        name = keys.connector_of_stream(tenant, key)
         if name:
             names.append(name)
-    return sorted(names)
+        else:
+            reason = keys.stream_key_problem(tenant, key) or "not a connector stream"
+            ignored.append({"key": key, "reason": reason})
+    return sorted(names), sorted(ignored, key=lambda i: i["key"])
 
 
-async def stream_status(client: aioredis.Redis, tenant: str, connector: str) -> dict[str, Any]:
+async def stream_status(
+    client: aioredis.Redis,
+    tenant: str,
+    connector: str,
+    ignore_groups: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """One stream: length, dead letters, and every consumer group on it with its consumers,
+    pending, lag and oldest pending age; groups in ``ignore_groups`` (AAM_IGNORE_GROUPS)
+    are marked ``ignored``: trimming and back-pressure do not wait for them."""
     stream = keys.stream(tenant, connector)
+    own = keys.group(tenant)
     pipe = client.pipeline(transaction=False)
     pipe.xinfo_stream(stream)
     pipe.xinfo_groups(stream)
     pipe.xlen(keys.dead_letter_stream(tenant, connector))
-    pipe.xpending(stream, keys.group(tenant))
-    info_stream, groups, dead, pending = await pipe.execute(raise_on_error=False)
+    info_stream, groups, dead = await pipe.execute(raise_on_error=False)
     if not isinstance(info_stream, dict):  # the stream went away meanwhile
         info_stream = {"length": 0, "last-generated-id": b"0-0"}
+    groups = groups if isinstance(groups, list) else []
+    pipe = client.pipeline(transaction=False)
+    for info in groups:
+        pipe.xpending(stream, info["name"])
+    summaries = await pipe.execute(raise_on_error=False) if groups else []
+    now = time.time()
     group_rows = []
-    for info in groups if isinstance(groups, list) else []:
+    for info, summary in zip(groups, summaries, strict=True):
+        name = _s(info["name"])
         group_rows.append(
             {
-                "name": _s(info["name"]),
+                "name": name,
                 "consumers": info["consumers"],
                 "pending": info["pending"],
                 "lag": group_lag(info, info_stream),
                 "last_delivered_id": _s(info["last-delivered-id"]),
+                "oldest_pending_age_s": _age_s(summary, now),
+                "own": name == own,
+                "ignored": name in ignore_groups,
             }
         )
-    oldest_age_s = None
-    if isinstance(pending, dict) and pending.get("min"):
-        oldest_age_s = round(time.time() - int(pending["min"].split(b"-")[0]) / 1000, 1)
+    group_rows.sort(key=lambda g: (not g["own"], g["name"]))  # the worker's group first
+    own_row = next((g for g in group_rows if g["own"]), None)
     return {
         "connector": connector,
         "stream": stream,
         "length": info_stream["length"],
         "groups": group_rows,
-        "oldest_pending_age_s": oldest_age_s,
+        "oldest_pending_age_s": own_row["oldest_pending_age_s"] if own_row else None,
         "dead_letters": dead if isinstance(dead, int) else 0,
     }
+
+
+def _age_s(summary: Any, now: float) -> float | None:
+    """Age of the oldest pending entry from an XPENDING summary (None: nothing pending)."""
+    if not isinstance(summary, dict) or not summary.get("min"):
+        return None
+    return round(now - entry_id_key(summary["min"])[0] / 1000, 1)
 
 
 async def collect_status(
@@ -66,8 +109,9 @@ async def collect_status(
     client = client or connect(settings)
     try:
         tenant = settings.tenant_id
+        connectors, ignored = await scan_streams(client, tenant)
         streams = [
-            await stream_status(client, tenant, c) for c in await list_streams(client, tenant)
+            await stream_status(client, tenant, c, settings.ignore_groups) for c in connectors
         ]
         processed = keys.processed_set(tenant)
         return {
@@ -80,6 +124,8 @@ async def collect_status(
                 "ttl_s": await client.ttl(processed),
             },
             "paused": bool(await client.exists(keys.paused_flag(tenant))),
+            "ignored_streams": ignored,
+            "ignore_groups": sorted(settings.ignore_groups),
         }
     finally:
         if own:
@@ -92,12 +138,12 @@ def render_status(report: dict[str, Any]) -> str:
     for s in report["streams"]:
         groups = s["groups"] or [{"name": "-", "consumers": 0, "pending": 0, "lag": None}]
         for g in groups:
-            age = s["oldest_pending_age_s"]
+            age = g.get("oldest_pending_age_s")
             rows.append(
                 (
                     s["stream"],
                     str(s["length"]),
-                    g["name"],
+                    g["name"] + (" (ignored)" if g.get("ignored") else ""),
                     str(g["consumers"]),
                     str(g["pending"]),
                     "?" if g["lag"] is None else str(g["lag"]),
@@ -106,11 +152,20 @@ def render_status(report: dict[str, Any]) -> str:
                 )
             )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
     p = report["processed_batches"]
     ttl = {-2: "no key", -1: "no expiry"}.get(p["ttl_s"], f"{p['ttl_s']}s")
     lines.append("")
     lines.append(f"{p['key']}: {p['size']} batch ids, TTL {ttl}")
+    if report.get("ignore_groups"):
+        lines.append(
+            "groups not waited for by trimming and back-pressure (AAM_IGNORE_GROUPS): "
+            + ", ".join(report["ignore_groups"])
+        )
+    for ignored in report.get("ignored_streams", []):
+        lines.append(f"ignored stream {ignored['key']}: {ignored['reason']}")
     if report["paused"]:
         lines.append(f"consumption of tenant {report['tenant']} is PAUSED (aam-dcl resume)")
     if not report["streams"]:

@@ -94,3 +94,80 @@ async def test_demo_runs_the_whole_pipeline_on_embedded_defaults(tmp_path: Path)
     )
     assert shown.returncode == 0, shown.stderr
     assert "Closed Won" in shown.stdout
+
+
+async def test_status_lists_every_group_marks_ignored_ones_and_lists_ignored_streams(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    """Per stream every consumer group appears with its pending, lag and oldest pending age;
+    a group named in AAM_IGNORE_GROUPS is marked ignored; streams under aam:dcl:{tenant}:
+    whose connector part is not a valid name (the worker ignores them) are listed with the
+    reason, in the table and in --json (whose earlier keys are unchanged)."""
+    stream = "aam:dcl:default:salesforce"
+    for n in range(1, 11):
+        await redis.xadd(stream, {"payload": b"{}"}, id=f"{n}-0")
+    for group, read, acked in (("dcl_engine:default", 6, 4), ("analytics", 3, 0), ("audit", 0, 0)):
+        await redis.xgroup_create(stream, group, id="0")
+        if read:
+            await redis.xreadgroup(group, "c1", {stream: ">"}, count=read)
+        if acked:
+            await redis.xack(stream, group, *[f"{n}-0" for n in range(1, acked + 1)])
+    await redis.xadd("aam:dcl:default:bad:name", {"payload": b"{}"})
+    await redis.xadd(b"aam:dcl:default:\xff", {"payload": b"{}"})
+    env = {"REDIS_URL": redis_url, "AAM_IGNORE_GROUPS": "analytics, old"}
+
+    as_json = await asyncio.to_thread(run_cli, "status", "--json", env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    report = orjson.loads(as_json.stdout)
+    (sf,) = report["streams"]
+    groups = {g["name"]: g for g in sf["groups"]}
+    assert set(groups) == {"dcl_engine:default", "analytics", "audit"}
+    picked = {
+        name: (g["pending"], g["lag"], g["own"], g["ignored"], g["oldest_pending_age_s"] is None)
+        for name, g in groups.items()
+    }
+    assert picked == {
+        "dcl_engine:default": (2, 4, True, False, False),
+        "analytics": (3, 7, False, True, False),
+        "audit": (0, 10, False, False, True),
+    }
+    assert sf["oldest_pending_age_s"] == groups["dcl_engine:default"]["oldest_pending_age_s"]
+    assert report["ignore_groups"] == ["analytics", "old"]
+    assert report["ignored_streams"] == [
+        {"key": "aam:dcl:default:\\xff", "reason": "the key is not valid UTF-8"},
+        {
+            "key": "aam:dcl:default:bad:name",
+            "reason": "connector part 'bad:name' is not a valid name "
+            "(1-64 characters of letters, digits, '_', '.' or '-')",
+        },
+    ]
+
+    table = await asyncio.to_thread(run_cli, "status", env=env)
+    assert table.returncode == 0, table.stderr
+    rows = [line.split() for line in table.stdout.splitlines() if line.startswith(stream)]
+    assert [(r[2], r[3]) for r in rows] == [
+        ("dcl_engine:default", "1"),
+        ("analytics", "(ignored)"),
+        ("audit", "0"),
+    ]
+    assert (
+        "ignored stream aam:dcl:default:bad:name: connector part 'bad:name' is not a valid name"
+        in table.stdout
+    )
+    assert "ignored stream aam:dcl:default:\\xff: the key is not valid UTF-8" in table.stdout
+    assert "(AAM_IGNORE_GROUPS): analytics, old" in table.stdout
+
+
+async def test_status_against_an_unreachable_redis_is_one_line_and_exit_1() -> None:
+    """A Redis error is one line naming the (masked) URL, never a traceback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"redis://:CANARY-pw@127.0.0.1:{port}/0"
+    result = await asyncio.to_thread(run_cli, "status", env={"REDIS_URL": url})
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"Error: Redis at redis://:***@127.0.0.1:{port}/0: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "CANARY" not in result.stdout + result.stderr
