@@ -52,7 +52,8 @@ async def test_guide_monitoring_and_troubleshooting_recipes(
         await run_bridge_once(settings, demo_configs(records=300))
         await wait_until(lambda: drained(redis), what="the pipeline to drain")
 
-    # 1. Stream length (per connector)
+    # 1. Stream length (per connector): entries kept, not the backlog — everything is
+    # acknowledged, and block mode trims them on the next run's XADD (docs/operations.md).
     length = int(cli(redis_server, "XLEN", "aam:dcl:default:salesforce"))
     assert length > 0
     # Inspect stream info
