@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,131 @@ def test_a_second_signal_during_the_drain_exits_at_once() -> None:
     assert "draining" in result.stdout.splitlines()
     assert result.returncode == 1
     assert "second_signal_exit_now" in result.stdout + result.stderr
+
+
+def run_daemon(daemon: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Start ``daemon`` on the given variables (the null store: these cases are about
+    start-up, not the store); expected to stop at start-up, within the timeout."""
+    full_env = {
+        **os.environ,
+        "DCL_SINK_URL": "null://",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "DEBUG",
+        **env,
+    }
+    return subprocess.run(
+        [str(BIN / daemon)], env=full_env, capture_output=True, text=True, timeout=60
+    )
+
+
+def only_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line a daemon printed (stdout and stderr together); fails on more or a traceback."""
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("daemon", ["aam-bridge", "dcl-worker"])
+def test_a_metrics_port_in_use_stops_the_daemon_with_one_line_and_exit_code_2(
+    daemon: str, redis_url: str
+) -> None:
+    """METRICS_PORT held by another process: exit 2 at once naming the variable (it was a
+    traceback from aiohttp)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"REDIS_URL": redis_url, "METRICS_HOST": "127.0.0.1", "METRICS_PORT": str(port)}
+        result = run_daemon(daemon, env)
+    assert result.returncode == 2
+    assert only_line(result) == (
+        f"{daemon}: configuration error: METRICS_PORT={port} is invalid: 127.0.0.1:{port} is "
+        "already in use by another process: choose a free port (0 = any free port)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "says"),
+    [
+        (
+            "no-such-host.invalid",
+            "METRICS_HOST='no-such-host.invalid' is invalid: it does not resolve",
+        ),
+        ("192.0.2.1", "METRICS_HOST='192.0.2.1' is invalid: it is not an address of this machine"),
+        ("not a host", "METRICS_HOST='not a host' is invalid: use an IP address"),
+    ],
+)
+@pytest.mark.parametrize("daemon", ["aam-bridge", "dcl-worker"])
+def test_a_bad_metrics_host_stops_the_daemon_with_one_line_and_exit_code_2(
+    daemon: str, host: str, says: str, redis_url: str
+) -> None:
+    """A host that does not resolve, is not this machine's, or is no host at all: exit 2."""
+    env = {"REDIS_URL": redis_url, "METRICS_HOST": host, "METRICS_PORT": "0"}
+    result = run_daemon(daemon, env)
+    assert result.returncode == 2
+    assert only_line(result).startswith(f"{daemon}: configuration error: {says}")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("REDIS_URL", "redis://[::1", "REDIS_URL='redis://[::1' is invalid: a host in [ ]"),
+        ("REDIS_URL", "redis://127.0.0.1:70000/0", "port must be a number from 1 to 65535"),
+        ("REDIS_URL", "redis://127.0.0.1:6379/abc", "the path must be the database number"),
+        ("AAM_IDEMPOTENCY_TTL", "999999999999", "less than or equal to 315360000"),
+        (
+            "DCL_SINK_URL",
+            "postgresql://dcl:pw@127.0.0.1:99999/dcl",
+            "DCL_SINK_URL='postgresql://dcl:***@",
+        ),
+    ],
+)
+@pytest.mark.parametrize("daemon", ["aam-bridge", "dcl-worker"])
+def test_a_bad_url_or_bound_stops_the_daemon_with_one_line_and_exit_code_2(
+    daemon: str, variable: str, value: str, says: str, redis_url: str
+) -> None:
+    """Caught by the settings, before anything starts: never a retry loop or a traceback."""
+    result = run_daemon(daemon, {"REDIS_URL": redis_url, "METRICS_PORT": "0", variable: value})
+    assert result.returncode == 2
+    line = only_line(result)
+    assert line.startswith(f"{daemon}: configuration error: {variable}="), line
+    assert says in line
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (
+            "connectors:\n  - name: café\n    type: demo\n".encode("latin-1"),
+            "is not UTF-8 text (byte 0xe9 at line 2)",
+        ),
+        (
+            b"connectors:\n  - name: a\n    type: demo\n    name: b\n",
+            "key 'name' is given twice (first at line 2)",
+        ),
+        (
+            b"connectors:\n  - name: a\n    type: demo\n    options: {records: '${CRM_RECORDS}'}\n",
+            "options.records (from ${CRM_RECORDS}) is invalid",
+        ),
+    ],
+)
+def test_a_bad_connectors_file_stops_the_bridge_with_one_line_and_exit_code_2(
+    content: bytes, says: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Not UTF-8, a duplicate key, an option from ${VAR} that the connector rejects: one
+    line naming the file and the problem (and the variable, never its value)."""
+    path = tmp_path / "connectors.yaml"
+    path.write_bytes(content)
+    env = {
+        "REDIS_URL": redis_url,
+        "METRICS_PORT": "0",
+        "AAM_CONNECTORS_FILE": str(path),
+        "CRM_RECORDS": "CANARY-records-value",
+    }
+    result = run_daemon("aam-bridge", env)
+    assert result.returncode == 2
+    line = only_line(result)
+    assert line.startswith(f"aam-bridge: configuration error: {path}: "), line
+    assert says in line
+    assert "CANARY" not in line
