@@ -22,6 +22,7 @@ from workload import CONNECTOR, PRIMARY_KEY, TABLE, TENANT, Workload
 from aam_dcl.messages import Batch, encode
 from aam_dcl.schema import table_batch
 from dcl_worker.sinks._sql import store_table_name
+from dcl_worker.sinks._tenancy import tenant_schema
 
 CHUNK = 200
 LOW_LATENCY_CHUNK = 50  # AAM_PROFILE=low-latency's AAM_BATCH_CHUNK_SIZE
@@ -151,7 +152,8 @@ def postgres(cfg: Config, client: redis.Redis, log: Any) -> dict[str, Any]:
         [worker] = run_roles([Spec("aam-dcl", "consume", {**params, "sink_url": dsn})], 600)
         check_drained(client, workload.entries, "postgres worker")
         table = store_table_name(CONNECTOR, TABLE)
-        rows = asyncio.run(_fetchval(dsn, f'SELECT count(*) FROM public."{table}"'))
+        schema = tenant_schema(TENANT, "public")  # the worker's tenant has a schema of its own
+        rows = asyncio.run(_fetchval(dsn, f'SELECT count(*) FROM "{schema}"."{table}"'))
         if rows != cfg.records:
             raise RuntimeError(f"postgres: {rows} rows in the store, expected {cfg.records}")
         [raw] = run_roles([Spec("raw-copy", "publish", {**params, "pg_dsn": dsn})], 600)

@@ -130,7 +130,7 @@ async def read_postgres(dsn: str, schema: str) -> Store:
             columns[r["table_name"]][r["column_name"]] = r["data_type"]
         tables: dict[str, StoreTable] = {}
         for name, types in columns.items():
-            if name == INBOX:
+            if name.startswith(RESERVED_PREFIX):  # the inbox and the owner record
                 continue
             rows = await con.fetch(f'SELECT * FROM "{schema}"."{name}"')
             tables[name] = StoreTable(_logical(types), [dict(r) for r in rows])
@@ -155,7 +155,7 @@ def read_duckdb(path: Path) -> Store:
             columns[table][column] = kind
         tables: dict[str, StoreTable] = {}
         for name, types in columns.items():
-            if name == INBOX:
+            if name.startswith(RESERVED_PREFIX):  # the inbox and the owner record
                 continue
             cur = con.execute(f'SELECT * FROM "{name}"')
             names = [d[0] for d in cur.description or []]

@@ -680,11 +680,13 @@ async def test_duckdb_url_creates_parent_directories(tmp_path: Path) -> None:
     assert not list(path.parent.glob(".dcl-*"))  # spooled NDJSON files are removed
 
 
-async def test_duckdb_unopenable_file_raises_sink_unavailable(tmp_path: Path) -> None:
-    """A path DuckDB cannot open (here: a directory) raises SinkUnavailable."""
+async def test_duckdb_path_that_is_a_directory_raises_config_error(tmp_path: Path) -> None:
+    """A DuckDB path that is a directory can never work: ConfigError (the daemon exits 2 with
+    one line) naming the variable and the path, not SinkUnavailable retried forever."""
     sink = DuckDBSink(f"duckdb://{tmp_path}", TENANT)
-    with pytest.raises(SinkUnavailable, match="cannot open DuckDB"):
+    with pytest.raises(ConfigError, match=r"DCL_SINK_URL.*is a directory") as info:
         await sink.open()
+    assert str(tmp_path) in str(info.value)
 
 
 async def test_duckdb_concurrent_writes_are_serialised(tmp_path: Path) -> None:

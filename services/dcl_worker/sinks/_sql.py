@@ -4,6 +4,11 @@ per table.
 A write() is turned into one ``TableWrite`` per data table (all batches' parts of that
 table, in stream order) and, per table, a ``TableChange`` that says which DDL brings the
 stored table up to the incoming schema. The dialects only render SQL and move rows.
+
+Everything that makes a batch unstorable for good is found here, before the store sees
+it, and raised as ``PoisonBatch`` naming the batch: a table wider than ``max_columns``,
+two names that differ only in case (one name in DuckDB), a reused batch id whose content
+differs from the applied one.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from aam_dcl.errors import SinkDataError
-from aam_dcl.messages import Batch, Record
+from aam_dcl.errors import PoisonBatch, SinkDataError
+from aam_dcl.messages import Batch, Record, fingerprints_conflict
 from aam_dcl.schema import infer_column_type, merge_types
 
 INBOX_TABLE = "_dcl_inbox"
@@ -22,6 +27,7 @@ INGESTED_AT_COLUMN = "_dcl_ingested_at"
 VERSION_COLUMN = "_dcl_version"  # the producer's order of the batch that last wrote the row
 RESERVED_PREFIX = "_dcl_"  # the sink's own columns; payload columns may not use it
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL truncates longer names silently: reject instead
+DEFAULT_MAX_COLUMNS = 1000  # DCL_MAX_COLUMNS' default (aam_dcl.config)
 MAX_CHUNK_NUMBER = 999_999  # chunks of one run share run_start_ms; later ones sort last
 _CHUNKS_PER_MS = MAX_CHUNK_NUMBER + 1
 _MAX_VERSION = 2**63 - 1  # bigint
@@ -62,6 +68,19 @@ def store_table_name(connector: str, table: str) -> str:
     return f"{connector}__{table}"
 
 
+_ASCII_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_FOLD = str.maketrans(_ASCII_UPPER, _ASCII_UPPER.lower())
+# The same folding in SQL (both stores have translate()); lower() would follow the locale.
+FOLD_SQL = f"translate({{}}, '{_ASCII_UPPER}', '{_ASCII_UPPER.lower()}')"
+
+
+@functools.lru_cache(maxsize=8192)
+def fold(name: str) -> str:
+    """The name as DuckDB compares identifiers: ASCII letters ignore case, nothing else does
+    (``É`` and ``é`` are two names there too). Both stores refuse names equal under it."""
+    return name.translate(_FOLD)
+
+
 @functools.lru_cache(maxsize=4096)  # the same few names recur in every batch
 def _identifier_problem(name: str) -> str | None:
     if not name:
@@ -85,7 +104,7 @@ def check_table_name(name: str, batch_id: str) -> None:
 
 def check_column_name(table: str, column: str, batch_id: str) -> None:
     problem = _identifier_problem(column)
-    if problem is None and column.startswith(RESERVED_PREFIX):
+    if problem is None and fold(column).startswith(RESERVED_PREFIX):  # _DCL_x is _dcl_x in DuckDB
         problem = f"starts with the reserved prefix {RESERVED_PREFIX!r}"
     if problem is not None:
         raise SinkDataError(
@@ -111,6 +130,8 @@ class TableWrite:
     primary_key: list[str]
     parts: list[TablePart] = field(default_factory=list)  # non-empty parts, stream order
     batch_ids: list[str] = field(default_factory=list)  # every contributing batch
+    origin: dict[str, str] = field(default_factory=dict)  # column -> first batch that brought it
+    folded: dict[str, str] = field(default_factory=dict)  # fold(column) -> column
 
     @property
     def row_count(self) -> int:
@@ -168,27 +189,39 @@ class TableChange:
         )
 
 
-def plan_writes(batches: Iterable[Batch]) -> list[TableWrite]:
-    """Group batches' tables by store table (sorted by name, so locks are taken in one order)."""
+def plan_writes(
+    batches: Iterable[Batch], max_columns: int = DEFAULT_MAX_COLUMNS
+) -> list[TableWrite]:
+    """Group batches' tables by store table (sorted by name, so locks are taken in one order).
+
+    Raises PoisonBatch naming the batch for a table of more than ``max_columns`` columns
+    (declared plus undeclared record fields) and for two table or column names that differ
+    only in case; SinkDataError for a name that cannot be an identifier.
+    """
     writes: dict[str, TableWrite] = {}
+    tables: dict[str, str] = {}  # fold(table) -> table
     for batch in batches:
         for tb in batch.tables:
             name = store_table_name(batch.connector, tb.name)
-            check_table_name(name, batch.batch_id)
             tw = writes.get(name)
             if tw is None:
+                check_table_name(name, batch.batch_id)
+                _check_fold(tables, name, batch.batch_id, "table")
                 tw = writes[name] = TableWrite(name, {}, [])
             tw.batch_ids.append(batch.batch_id)
+            if len(tb.schema.columns) > max_columns:  # before looking at 10 000 names one by one
+                raise too_many_columns(tw, batch.batch_id, len(tb.schema.columns), max_columns)
             for col in tb.schema.columns:
-                check_column_name(name, col.name, batch.batch_id)
-                tw.columns[col.name] = merge_types(tw.columns.get(col.name), col.type)
+                _add_column(tw, col.name, col.type, batch.batch_id)
             if tb.schema.primary_key and not tw.primary_key:
                 tw.primary_key = list(tb.schema.primary_key)
             if tb.records:
-                _add_undeclared_columns(tw, tb.records, batch.batch_id)
+                _add_undeclared_columns(tw, tb.records, batch.batch_id, max_columns)
                 tw.parts.append(
                     TablePart(batch.batch_id, tb.records, batch_version(batch.batch_id))
                 )
+            if len(tw.columns) > max_columns:
+                raise too_many_columns(tw, batch.batch_id, len(tw.columns), max_columns)
             for key in tw.primary_key:
                 if key not in tw.columns:
                     raise SinkDataError(
@@ -198,13 +231,47 @@ def plan_writes(batches: Iterable[Batch]) -> list[TableWrite]:
     return [writes[name] for name in sorted(writes)]
 
 
-def _add_undeclared_columns(tw: TableWrite, records: list[Record], batch_id: str) -> None:
+def _add_column(tw: TableWrite, name: str, logical: str, batch_id: str) -> None:
+    known = tw.columns.get(name)
+    if known is None:  # a new name: checked once per write, not once per batch
+        check_column_name(tw.table, name, batch_id)
+        _check_fold(tw.folded, name, batch_id, f"table {tw.table}: column")
+        tw.origin[name] = batch_id
+    tw.columns[name] = merge_types(known, logical)
+
+
+def _check_fold(seen: dict[str, str], name: str, batch_id: str, what: str) -> None:
+    """Record ``name`` under its folded form; refuse a second spelling of it."""
+    other = seen.setdefault(fold(name), name)
+    if other != name:
+        raise PoisonBatch(
+            batch_id,
+            "name_collision",
+            f"batch {batch_id}: {what} {name!r} collides with {other!r} in the same write: "
+            "names that differ only in case are one name in DuckDB; rename one of them",
+        )
+
+
+def too_many_columns(tw: TableWrite, batch_id: str, count: int, limit: int) -> PoisonBatch:
+    return PoisonBatch(
+        batch_id,
+        "too_many_columns",
+        f"batch {batch_id}: table {tw.table} would have {count} columns, over "
+        f"DCL_MAX_COLUMNS={limit}: split the table or raise DCL_MAX_COLUMNS (at most 1500)",
+    )
+
+
+def _add_undeclared_columns(
+    tw: TableWrite, records: list[Record], batch_id: str, max_columns: int
+) -> None:
     """Fields that records carry but the schema does not declare are kept, typed by inference."""
     seen: set[str] = set().union(*records)
-    for name in seen.difference(tw.columns):
-        check_column_name(tw.table, name, batch_id)
+    new = sorted(seen.difference(tw.columns))  # sorted: the same columns, errors every time
+    if len(tw.columns) + len(new) > max_columns:  # before inferring 10 000 columns' types
+        raise too_many_columns(tw, batch_id, len(tw.columns) + len(new), max_columns)
+    for name in new:
         found = infer_column_type([r.get(name) for r in records])
-        tw.columns[name] = merge_types(tw.columns.get(name), found)
+        _add_column(tw, name, found, batch_id)
 
 
 def plan_change(
@@ -233,6 +300,63 @@ def plan_change(
         add_version=not existing.versioned,
         set_ingested_default=not existing.ingested_default,
     )
+
+
+def plan_table(
+    existing: TableInfo | None, tw: TableWrite, max_columns: int = DEFAULT_MAX_COLUMNS
+) -> TableChange:
+    """``plan_change`` after checking the write against the stored table: a new column that
+    differs from a stored one only in case, or more than ``max_columns`` columns in all, is
+    PoisonBatch naming the batch that brought it (before any DDL runs)."""
+    if existing is not None:
+        stored = {fold(c): c for c in existing.columns}
+        new = [c for c in tw.columns if c not in existing.columns]
+        for column in new:
+            other = stored.get(fold(column))
+            if other is not None:
+                batch_id = tw.origin.get(column, tw.batch_ids[-1])
+                raise PoisonBatch(
+                    batch_id,
+                    "name_collision",
+                    f"batch {batch_id}: table {tw.table}: column {column!r} collides with the "
+                    f"stored column {other!r}: names that differ only in case are one name in "
+                    "DuckDB; rename the column",
+                )
+        count = len(existing.columns) + len(new)
+        if new and count > max_columns:  # a table already wider (a lower limit) still takes rows
+            # The batch whose columns first pass the limit.
+            first_over = new[max(0, max_columns - len(existing.columns))]
+            batch_id = tw.origin.get(first_over, tw.batch_ids[-1])
+            raise too_many_columns(tw, batch_id, count, max_columns)
+    return plan_change(existing, tw.columns, tw.primary_key)
+
+
+def table_collision(tw: TableWrite, stored: str) -> PoisonBatch:
+    """A stored table whose name differs from the write's only in case (``Bar`` vs ``bar``)."""
+    batch_id = tw.batch_ids[0]
+    return PoisonBatch(
+        batch_id,
+        "name_collision",
+        f"batch {batch_id}: table {tw.table!r} collides with the stored table {stored!r}: "
+        "names that differ only in case are one table in DuckDB; rename one of them",
+    )
+
+
+def check_fingerprints(batches: Iterable[Batch], stored: dict[str, str | None]) -> None:
+    """A batch id already applied (``stored``: id -> its fingerprint) with other content is
+    PoisonBatch ``batch_id_conflict``; an identical re-send, or one without a fingerprint on
+    either side, is a quiet duplicate."""
+    for batch in batches:
+        if batch.batch_id in stored and fingerprints_conflict(
+            stored[batch.batch_id], batch.fingerprint
+        ):
+            raise PoisonBatch(
+                batch.batch_id,
+                "batch_id_conflict",
+                f"batch {batch.batch_id} was already applied with other content (fingerprint "
+                f"{stored[batch.batch_id]}, this copy {batch.fingerprint}): a producer reused "
+                "the id; the first copy's rows stay, this one is not applied",
+            )
 
 
 def unique_batches(batches: Sequence[Batch]) -> list[Batch]:

@@ -4,14 +4,19 @@ DuckDB is synchronous: every call runs in a worker thread, one at a time (an asy
 because several stream loops share one sink. Rows go in bulk: a write's records are dumped
 as NDJSON (one line per batch) next to the database and loaded with one
 ``INSERT ... SELECT ... FROM read_json(...)`` per table, with explicit column types;
-parameterised executemany manages about 400 rows/s.
+parameterised executemany manages about 400 rows/s. A spool file is named after the
+database and this process, so open() can remove what a crashed process left behind.
+Tables and inbox live in the tenant's schema (``_tenancy``); the connection's default
+schema is set to it, so the SQL below names tables without a schema.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
@@ -25,6 +30,8 @@ from aam_dcl.errors import ConfigError, SinkDataError, SinkError, SinkUnavailabl
 from aam_dcl.messages import Batch
 from dcl_worker.sinks._sql import (
     BATCH_ID_COLUMN,
+    DEFAULT_MAX_COLUMNS,
+    FOLD_SQL,
     INBOX_TABLE,
     INGESTED_AT_COLUMN,
     RESERVED_PREFIX,
@@ -32,13 +39,18 @@ from dcl_worker.sinks._sql import (
     TableChange,
     TableInfo,
     TableWrite,
-    plan_change,
+    check_fingerprints,
+    check_table_name,
+    fold,
+    plan_table,
     plan_writes,
     quote_ident,
     quote_literal,
+    table_collision,
     unique_batches,
     upsert_clause,
 )
+from dcl_worker.sinks._tenancy import OWNER_TABLE, adopt_legacy, check_owner, tenant_schema
 from dcl_worker.sinks.base import Sink
 
 T = TypeVar("T")
@@ -66,6 +78,14 @@ _FROM_STORE = {
 _SEQ, _POS, _ROWS, _ROW = "_dcl_seq", "_dcl_pos", "_dcl_rows", "_dcl_row"
 _TARGET = "_dcl_target"  # the INSERT's alias for the data table, for the upsert's WHERE
 _MIN_OBJECT_BYTES = 16 * 1024 * 1024  # read_json's default maximum_object_size
+DEFAULT_SCHEMA = "main"
+# Spool files are .dcl-{database file}-{process}-{uuid}.ndjson: a file of this database that
+# another process wrote is a leftover (DuckDB lets one process open a database file at once).
+_PROCESS = uuid.uuid4().hex[:12]
+_SPOOL = re.compile(r"([0-9a-f]{12})-[0-9a-f]{32}\.ndjson")  # after the prefix
+_OLD_SPOOL = re.compile(r"\.dcl-[0-9a-f]{32}\.ndjson")  # before spool names said whose they are
+# A path that can never be a database file: ConfigError (exit 2), not a retry forever.
+_BAD_PATH_ERRNOS = frozenset({errno.ENOTDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS})
 
 # Errors that say the store cannot be used right now, as opposed to rejecting the data.
 _UNAVAILABLE = (
@@ -80,15 +100,29 @@ _UNAVAILABLE = (
 _BROKEN = (duckdb.FatalException, duckdb.InternalException, duckdb.ConnectionException)
 
 
-def parse_duckdb_url(url: str) -> str:
-    """Everything after ``duckdb://`` is the file path (``:memory:`` for a throwaway store)."""
+def parse_duckdb_url(url: str) -> tuple[str, str | None]:
+    """(file path, the schema a trailing ``?schema=NAME`` names, or None: the tenant's).
+
+    Everything else after ``duckdb://`` is the path (``:memory:`` for a throwaway store).
+    """
     path = url.removeprefix("duckdb://")
+    schema = None
+    head, sep, query = path.rpartition("?schema=")
+    if sep and head:
+        path, schema = head, query
+        try:
+            check_table_name(schema, "-")
+        except SinkDataError:
+            raise ConfigError(
+                f"DCL_SINK_URL has an invalid schema={schema!r}: use 1-63 bytes without "
+                "control characters"
+            ) from None
     if not path:
         raise ConfigError(
             f"DCL_SINK_URL={url!r} has no file path: use duckdb:///abs/dcl.duckdb "
             "or duckdb://./data/dcl.duckdb"
         )
-    return path
+    return path, schema
 
 
 class _RowsRejected(Exception):
@@ -102,12 +136,14 @@ class _RowsRejected(Exception):
 class DuckDBSink(Sink):
     scheme = "duckdb"
 
-    def __init__(self, url: str, tenant: str) -> None:
-        super().__init__(url, tenant)
-        self.path = parse_duckdb_url(url)
-        self._spool_dir = (
-            tempfile.gettempdir() if self.path == ":memory:" else os.path.dirname(self.path) or "."
-        )
+    def __init__(self, url: str, tenant: str, *, max_columns: int = DEFAULT_MAX_COLUMNS) -> None:
+        super().__init__(url, tenant, max_columns=max_columns)
+        self.path, self._explicit_schema = parse_duckdb_url(url)
+        # The rule's schema; open() takes the stored spelling, or an older store's main.
+        self.schema = self._explicit_schema or tenant_schema(tenant, DEFAULT_SCHEMA)
+        memory = self.path == ":memory:"
+        self._spool_dir = tempfile.gettempdir() if memory else os.path.dirname(self.path) or "."
+        self._spool_prefix = f".dcl-{'memory' if memory else os.path.basename(self.path)}-"
         self._con: duckdb.DuckDBPyConnection | None = None
         self._opened = False
         self._lock = asyncio.Lock()
@@ -122,22 +158,114 @@ class DuckDBSink(Sink):
             self._opened = True
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
+        if self.path != ":memory:":
+            self._check_path()
         try:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             con = duckdb.connect(self.path)
         except (duckdb.Error, OSError) as exc:
             raise SinkUnavailable(f"cannot open DuckDB file {self.path}: {exc}") from exc
         try:
             con.execute("SET TimeZone = 'UTC'")  # naive datetimes are read as UTC
-            con.execute(
-                f"CREATE TABLE IF NOT EXISTS {INBOX_TABLE} (batch_id VARCHAR PRIMARY KEY, "
-                "tenant VARCHAR, connector VARCHAR, applied_at TIMESTAMPTZ, record_count INTEGER)"
-            )
-        except duckdb.Error as exc:
+            con.begin()
+            schema = self._claim_schema(con, self._choose_schema(con))
+            con.commit()
+            con.execute(f"SET schema = {quote_literal(schema)}")
+        except BaseException as exc:
+            with contextlib.suppress(duckdb.Error):
+                con.rollback()
             con.close()
-            raise SinkUnavailable(f"cannot prepare DuckDB file {self.path}: {exc}") from exc
+            if isinstance(exc, duckdb.Error):
+                raise SinkUnavailable(f"cannot prepare DuckDB file {self.path}: {exc}") from exc
+            raise
+        self.schema = schema
+        if self.path != ":memory:":  # the temp directory's spool files are anyone's
+            self._remove_leftover_spools()
         return con
+
+    def _check_path(self) -> None:
+        """A directory, or a place the worker cannot write, never becomes a database file."""
+        path = Path(self.path)
+        if path.is_dir():
+            raise ConfigError(
+                f"DCL_SINK_URL: the DuckDB path {self.path} is a directory; name a file in it, "
+                f"e.g. duckdb://{path / 'dcl.duckdb'}"
+            )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if exc.errno not in _BAD_PATH_ERRNOS:
+                raise SinkUnavailable(f"cannot create {path.parent}: {exc}") from exc
+            raise ConfigError(
+                f"DCL_SINK_URL: cannot create the directory of the DuckDB file {self.path}: "
+                f"{exc.strerror}; choose a path the worker can write"
+            ) from exc
+        for target in (path.parent, path) if path.exists() else (path.parent,):
+            if not os.access(target, os.W_OK):  # the spool files go next to the database too
+                raise ConfigError(
+                    f"DCL_SINK_URL: the DuckDB path {self.path} is not writable ({target}); "
+                    "choose a path the worker can write"
+                )
+
+    def _choose_schema(self, con: duckdb.DuckDBPyConnection) -> str:
+        """``?schema=``, else the tenant's by rule, unless this is a store from before tenant
+        schemas whose main schema this tenant has adopted (or adopts now)."""
+        if self._explicit_schema is not None:
+            return self._explicit_schema
+        own = tenant_schema(self.tenant, DEFAULT_SCHEMA)
+        if own == DEFAULT_SCHEMA or _stored_schema(con, own) is not None:
+            return own
+        if _table_exists(con, DEFAULT_SCHEMA, OWNER_TABLE):
+            owners = _column(con, f"SELECT tenant FROM {_qualified(DEFAULT_SCHEMA, OWNER_TABLE)}")
+            return DEFAULT_SCHEMA if owners == [self.tenant] else own
+        if _table_exists(con, DEFAULT_SCHEMA, INBOX_TABLE):
+            tenants = _column(
+                con,
+                f"SELECT DISTINCT tenant FROM {_qualified(DEFAULT_SCHEMA, INBOX_TABLE)} "
+                "WHERE tenant IS NOT NULL ORDER BY 1",
+            )
+            if adopt_legacy(DEFAULT_SCHEMA, self.tenant, tenants):
+                return DEFAULT_SCHEMA
+        return own
+
+    def _claim_schema(self, con: duckdb.DuckDBPyConnection, schema: str) -> str:
+        """Create the schema, refuse it if another tenant owns it, record the owner, create the
+        inbox (or give an older one its fingerprint column). Returns the stored spelling:
+        DuckDB's ``dcl_tx`` is a ``dcl_TX`` made before, which the owner record then names."""
+        stored = _stored_schema(con, schema)
+        if stored is None:
+            con.execute(f"CREATE SCHEMA {quote_ident(schema)}")
+            stored = schema
+        owner, inbox = _qualified(stored, OWNER_TABLE), _qualified(stored, INBOX_TABLE)
+        con.execute(f"CREATE TABLE IF NOT EXISTS {owner} (tenant VARCHAR NOT NULL)")
+        owners = _column(con, f"SELECT tenant FROM {owner}")
+        had_inbox = _table_exists(con, stored, INBOX_TABLE)
+        others: list[str] = []
+        if not owners and had_inbox:
+            others = _column(
+                con,
+                f"SELECT DISTINCT tenant FROM {inbox} WHERE tenant <> ? ORDER BY 1",
+                [self.tenant],
+            )
+        if check_owner(stored, self.tenant, owners, others):
+            con.execute(f"INSERT INTO {owner} VALUES (?)", [self.tenant])
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {inbox} (batch_id VARCHAR PRIMARY KEY, "
+            "tenant VARCHAR, connector VARCHAR, applied_at TIMESTAMPTZ, record_count INTEGER, "
+            "fingerprint VARCHAR)"
+        )
+        if had_inbox:  # an inbox from before fingerprints gets the column (NULL: not compared)
+            con.execute(f"ALTER TABLE {inbox} ADD COLUMN IF NOT EXISTS fingerprint VARCHAR")
+        return stored
+
+    def _remove_leftover_spools(self) -> None:
+        """Spool files of this database left by an earlier process (killed mid-write)."""
+        prefix = self._spool_prefix
+        with os.scandir(self._spool_dir) as entries:
+            for entry in entries:
+                name = entry.name
+                spool = name.startswith(prefix) and _SPOOL.fullmatch(name[len(prefix) :])
+                if (spool and spool[1] != _PROCESS) or _OLD_SPOOL.fullmatch(name):
+                    _remove(entry.path)
 
     async def close(self) -> None:
         async with self._lock:
@@ -155,7 +283,7 @@ class DuckDBSink(Sink):
         return await self._run(lambda con: self._write(con, todo))
 
     async def count_rows(self) -> dict[str, int]:
-        """Rows per data table (the inbox excluded)."""
+        """Rows per data table (the inbox and the owner record excluded)."""
         return await self._run(self._count_rows)
 
     async def _run(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
@@ -191,23 +319,28 @@ class DuckDBSink(Sink):
         con.begin()
         try:
             rows = con.execute(
-                f"SELECT batch_id FROM {INBOX_TABLE} WHERE batch_id IN (SELECT unnest(?))",
+                f"SELECT batch_id, fingerprint FROM {INBOX_TABLE} "
+                "WHERE batch_id IN (SELECT unnest(?))",
                 [ids],
             ).fetchall()
-            duplicates = {row[0] for row in rows}
+            stored = {row[0]: row[1] for row in rows}
+            check_fingerprints(batches, stored)
+            duplicates = set(stored)
             fresh = [b for b in batches if b.batch_id not in duplicates]
             if fresh:
                 con.execute(
-                    f"INSERT INTO {INBOX_TABLE} SELECT unnest(?::VARCHAR[]), ?, "
-                    "unnest(?::VARCHAR[]), now(), unnest(?::INTEGER[])",
+                    f"INSERT INTO {INBOX_TABLE} (batch_id, tenant, connector, applied_at, "
+                    "record_count, fingerprint) SELECT unnest(?::VARCHAR[]), ?, "
+                    "unnest(?::VARCHAR[]), now(), unnest(?::INTEGER[]), unnest(?::VARCHAR[])",
                     [
                         [b.batch_id for b in fresh],
                         self.tenant,
                         [b.connector for b in fresh],
                         [b.record_count for b in fresh],
+                        [b.fingerprint for b in fresh],
                     ],
                 )
-                for tw in plan_writes(fresh):
+                for tw in plan_writes(fresh, self.max_columns):
                     known[tw.table] = self._apply(con, tw, spooled)
             con.commit()
         except BaseException as exc:
@@ -236,11 +369,16 @@ class DuckDBSink(Sink):
         self, con: duckdb.DuckDBPyConnection, tw: TableWrite, spooled: list[str]
     ) -> TableInfo:
         info = self._tables.get(tw.table) or _read_table(con, tw.table)
-        change = plan_change(info, tw.columns, tw.primary_key)
+        if info is None:
+            other = _table_of_other_case(con, tw.table)
+            if other is not None:
+                raise table_collision(tw, other)
+        change = plan_table(info, tw, self.max_columns)
         if change.needed:
             _alter(con, tw.table, change)
         if tw.parts:
-            path = os.path.join(self._spool_dir, f".dcl-{uuid.uuid4().hex}.ndjson")
+            name = f"{self._spool_prefix}{_PROCESS}-{uuid.uuid4().hex}.ndjson"
+            path = os.path.join(self._spool_dir, name)
             spooled.append(path)
             self._insert(con, tw, change.info, path)
         return change.info
@@ -315,8 +453,9 @@ class DuckDBSink(Sink):
     def _count_rows(self, con: duckdb.DuckDBPyConnection) -> dict[str, int]:
         names = con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = "
-            "current_schema() AND table_type = 'BASE TABLE' AND table_name <> ? ORDER BY 1",
-            [INBOX_TABLE],
+            "current_schema() AND table_type = 'BASE TABLE' AND table_name NOT IN (?, ?) "
+            "ORDER BY 1",
+            [INBOX_TABLE, OWNER_TABLE],
         ).fetchall()
         out: dict[str, int] = {}
         for (name,) in names:
@@ -337,6 +476,43 @@ def _read_json(path: str, types: dict[str, str], longest_line: int) -> str:
         f"read_json({quote_literal(path)}, format = 'newline_delimited', "
         f"maximum_object_size = {size}, columns = {columns})"
     )
+
+
+def _stored_schema(con: duckdb.DuckDBPyConnection, schema: str) -> str | None:
+    """The stored spelling of ``schema`` (DuckDB ignores the case of ASCII letters), or None."""
+    row = con.execute(
+        "SELECT schema_name FROM information_schema.schemata WHERE catalog_name = "
+        f"current_database() AND {FOLD_SQL.format('schema_name')} = ? ORDER BY 1 LIMIT 1",
+        [fold(schema)],
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    row = con.execute(
+        "SELECT 1 FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_schema = ? AND table_name = ?",
+        [schema, table],
+    ).fetchone()
+    return row is not None
+
+
+def _table_of_other_case(con: duckdb.DuckDBPyConnection, table: str) -> str | None:
+    """A stored table whose name differs from ``table`` only in case (DuckDB: the same table)."""
+    row = con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+        f"current_schema() AND {FOLD_SQL.format('table_name')} = ? AND table_name <> ? LIMIT 1",
+        [fold(table), table],
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def _column(con: duckdb.DuckDBPyConnection, sql: str, params: list[str] | None = None) -> list[str]:
+    return [str(row[0]) for row in con.execute(sql, params or []).fetchall()]
+
+
+def _qualified(schema: str, table: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(table)}"
 
 
 def _read_table(con: duckdb.DuckDBPyConnection, table: str) -> TableInfo | None:

@@ -2,9 +2,10 @@
 
 One write() is one transaction. The inbox rows go first (``INSERT ... ON CONFLICT DO
 NOTHING RETURNING``: a second writer of the same batch waits on the first one's row lock,
-then finds the row and skips the batch). Then, per table, the rows are COPYed into a temp
-staging table and merged with ``INSERT ... SELECT DISTINCT ON ... ON CONFLICT DO UPDATE``,
-which replaces a stored row only with an equal or newer ``_dcl_version``.
+then finds the row and skips the batch, unless its content differs: PoisonBatch). Then, per
+table, the rows are COPYed into a temp staging table and merged with ``INSERT ... SELECT
+DISTINCT ON ... ON CONFLICT DO UPDATE``, which replaces a stored row only with an equal or
+newer ``_dcl_version``. Everything lives in the tenant's schema (``_tenancy``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from aam_dcl.errors import ConfigError, SinkDataError, SinkError, SinkUnavailabl
 from aam_dcl.messages import Batch, Record
 from dcl_worker.sinks._sql import (
     BATCH_ID_COLUMN,
+    DEFAULT_MAX_COLUMNS,
+    FOLD_SQL,
     INBOX_TABLE,
     INGESTED_AT_COLUMN,
     RESERVED_PREFIX,
@@ -34,13 +37,17 @@ from dcl_worker.sinks._sql import (
     TableInfo,
     TablePart,
     TableWrite,
+    check_fingerprints,
     check_table_name,
-    plan_change,
+    fold,
+    plan_table,
     plan_writes,
     quote_ident,
+    table_collision,
     unique_batches,
     upsert_clause,
 )
+from dcl_worker.sinks._tenancy import OWNER_TABLE, adopt_legacy, check_owner, tenant_schema
 from dcl_worker.sinks.base import Sink
 
 TYPES = {
@@ -71,6 +78,7 @@ _NATIVE: dict[str, frozenset[type]] = {
 # connection, transaction rollback (deadlock), resources, operator intervention,
 # object not in prerequisite state (lock timeout), system and internal errors.
 _UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58", "XX"})
+DEFAULT_SCHEMA = "public"
 CONNECT_TIMEOUT_S = 10.0
 POOL_MAX_SIZE = 10
 DIRECT_RETRY_WRITES = 16
@@ -81,12 +89,14 @@ _VERSION_DEF = f"{VERSION_COLUMN} bigint NOT NULL DEFAULT 0"
 _INGESTED_AT_DEF = f"{INGESTED_AT_COLUMN} timestamptz DEFAULT now()"
 
 
-def parse_postgres_url(url: str) -> tuple[str, str]:
-    """(asyncpg DSN, target schema); ``?schema=`` picks the schema (default ``public``)."""
+def parse_postgres_url(url: str) -> tuple[str, str | None]:
+    """(asyncpg DSN, the schema ``?schema=`` names, or None: the tenant's, by ``_tenancy``)."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     schemas = [value for key, value in query if key == "schema"]
-    schema = schemas[-1] if schemas else "public"
+    if not schemas:
+        return url, None
+    schema = schemas[-1]
     try:
         check_table_name(schema, "-")
     except SinkDataError:
@@ -101,9 +111,11 @@ def parse_postgres_url(url: str) -> tuple[str, str]:
 class PostgresSink(Sink):
     scheme = "postgresql"
 
-    def __init__(self, url: str, tenant: str) -> None:
-        super().__init__(url, tenant)
-        self._dsn, self.schema = parse_postgres_url(url)
+    def __init__(self, url: str, tenant: str, *, max_columns: int = DEFAULT_MAX_COLUMNS) -> None:
+        super().__init__(url, tenant, max_columns=max_columns)
+        self._dsn, self._explicit_schema = parse_postgres_url(url)
+        # The rule's schema; open() may keep an older store's default schema instead.
+        self.schema = self._explicit_schema or tenant_schema(tenant, DEFAULT_SCHEMA)
         self._pool: asyncpg.Pool | None = None
         self._tables: dict[str, TableInfo] = {}  # committed knowledge only
         self._skip_direct: dict[str, int] = {}  # table -> writes left on the staging path
@@ -133,21 +145,73 @@ class PostgresSink(Sink):
             raise SinkUnavailable(f"cannot connect to PostgreSQL ({self._where()}): {exc}") from exc
         try:
             async with pool.acquire() as con, con.transaction():
-                # Several workers may start at once; CREATE ... IF NOT EXISTS races otherwise.
+                # Several workers may start at once: CREATE ... IF NOT EXISTS races otherwise,
+                # and only one may decide about adopting an older store's default schema.
                 await con.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                    f"aam-dcl:open:{self.schema}",
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "aam-dcl:open"
                 )
-                await con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
-                await con.execute(
-                    f"CREATE TABLE IF NOT EXISTS {self._name(INBOX_TABLE)} ("
-                    "batch_id text PRIMARY KEY, tenant text, connector text, "
-                    "applied_at timestamptz, record_count int)"
-                )
+                self.schema = await self._choose_schema(con)
+                await self._claim_schema(con)
         except BaseException as exc:
             await pool.close()
+            if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+                raise ConfigError(
+                    f"DCL_SINK_URL: PostgreSQL ({self._where()}) refuses to create the tenant's "
+                    f"schema or inbox: {exc}. Grant CREATE on the database (or the schema), or "
+                    "create the schema for the worker's user"
+                ) from exc
             raise self._translate(exc, "cannot prepare the inbox") from exc
         self._pool = pool
+
+    async def _choose_schema(self, con: asyncpg.Connection) -> str:
+        """``?schema=``, else the tenant's by rule, unless this is a store from before tenant
+        schemas whose default schema this tenant has adopted (or adopts now)."""
+        if self._explicit_schema is not None:
+            return self._explicit_schema
+        own = tenant_schema(self.tenant, DEFAULT_SCHEMA)
+        if own == DEFAULT_SCHEMA or await _schema_exists(con, own):
+            return own
+        if await _table_exists(con, DEFAULT_SCHEMA, OWNER_TABLE):
+            owners = await con.fetch(
+                f"SELECT tenant FROM {_qualified(DEFAULT_SCHEMA, OWNER_TABLE)}"
+            )
+            return DEFAULT_SCHEMA if [r[0] for r in owners] == [self.tenant] else own
+        if await _table_exists(con, DEFAULT_SCHEMA, INBOX_TABLE):
+            rows = await con.fetch(
+                f"SELECT DISTINCT tenant FROM {_qualified(DEFAULT_SCHEMA, INBOX_TABLE)} "
+                "WHERE tenant IS NOT NULL ORDER BY 1"
+            )
+            if adopt_legacy(DEFAULT_SCHEMA, self.tenant, [r[0] for r in rows]):
+                return DEFAULT_SCHEMA
+        return own
+
+    async def _claim_schema(self, con: asyncpg.Connection) -> None:
+        """Create the schema, refuse it if another tenant owns it, record the owner, then
+        create the inbox (or give an older one its fingerprint column)."""
+        if not await _schema_exists(con, self.schema):
+            await con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
+        owner, inbox = self._name(OWNER_TABLE), self._name(INBOX_TABLE)
+        await con.execute(f"CREATE TABLE IF NOT EXISTS {owner} (tenant text NOT NULL)")
+        owners = [r[0] for r in await con.fetch(f"SELECT tenant FROM {owner}")]
+        had_inbox = await _table_exists(con, self.schema, INBOX_TABLE)
+        others: list[str] = []
+        if not owners and had_inbox:
+            rows = await con.fetch(
+                f"SELECT DISTINCT tenant FROM {inbox} WHERE tenant <> $1 ORDER BY 1", self.tenant
+            )
+            others = [r[0] for r in rows]
+        if check_owner(self.schema, self.tenant, owners, others):
+            await con.execute(f"INSERT INTO {owner} (tenant) VALUES ($1)", self.tenant)
+        await con.execute(
+            f"CREATE TABLE IF NOT EXISTS {inbox} (batch_id text PRIMARY KEY, tenant text, "
+            "connector text, applied_at timestamptz, record_count int, fingerprint text)"
+        )
+        if had_inbox and not await con.fetchval(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) "
+            "AND attname = 'fingerprint' AND NOT attisdropped",
+            inbox,
+        ):  # an inbox from before fingerprints; checked first: ALTER would lock every writer out
+            await con.execute(f"ALTER TABLE {inbox} ADD COLUMN IF NOT EXISTS fingerprint text")
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -164,17 +228,17 @@ class PostgresSink(Sink):
             raise self._translate(exc, "ping failed") from exc
 
     async def count_rows(self) -> dict[str, int]:
-        """Rows per data table of the schema (the inbox excluded)."""
+        """Rows per data table of the schema (the inbox and the owner record excluded)."""
         pool = self._require_pool()
         try:
             async with pool.acquire() as con:
                 names = await con.fetch(
                     "SELECT c.relname FROM pg_class c "
                     "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 "
-                    "AND c.relkind IN ('r', 'p') AND c.relname <> $2 "
+                    "AND c.relkind IN ('r', 'p') AND c.relname <> ALL($2::text[]) "
                     "ORDER BY 1",
                     self.schema,
-                    INBOX_TABLE,
+                    [INBOX_TABLE, OWNER_TABLE],
                 )
                 return {
                     r[0]: int(await con.fetchval(f"SELECT count(*) FROM {self._name(r[0])}"))
@@ -218,18 +282,28 @@ class PostgresSink(Sink):
             async with pool.acquire() as con, con.transaction():
                 inserted = await con.fetch(
                     f"INSERT INTO {self._name(INBOX_TABLE)} "
-                    "(batch_id, tenant, connector, applied_at, record_count) "
-                    "SELECT b, $2, c, now(), n FROM unnest($1::text[], $3::text[], $4::int[]) "
-                    "AS u(b, c, n) ORDER BY b "  # one lock order for every writer
+                    "(batch_id, tenant, connector, applied_at, record_count, fingerprint) "
+                    "SELECT b, $2, c, now(), n, f "
+                    "FROM unnest($1::text[], $3::text[], $4::int[], $5::text[]) AS u(b, c, n, f) "
+                    "ORDER BY b "  # one lock order for every writer
                     "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
                     ids,
                     self.tenant,
                     [b.connector for b in todo],
                     [b.record_count for b in todo],
+                    [b.fingerprint for b in todo],
                 )
                 applied = {row[0] for row in inserted}
+                present = [b for b in todo if b.batch_id not in applied]
+                if any(b.fingerprint for b in present):  # rare: Redis dropped most copies
+                    stored = await con.fetch(
+                        f"SELECT batch_id, fingerprint FROM {self._name(INBOX_TABLE)} "
+                        "WHERE batch_id = ANY($1::text[])",
+                        [b.batch_id for b in present],
+                    )
+                    check_fingerprints(present, {r[0]: r[1] for r in stored})
                 fresh = [b for b in todo if b.batch_id in applied]
-                for n, tw in enumerate(plan_writes(fresh)):
+                for n, tw in enumerate(plan_writes(fresh, self.max_columns)):
                     known[tw.table] = await self._apply(con, tw, n)
         except BaseException as exc:
             raise self._translate(exc, f"writing batches {', '.join(ids[:3])}") from exc
@@ -238,19 +312,36 @@ class PostgresSink(Sink):
 
     async def _apply(self, con: asyncpg.Connection, tw: TableWrite, n: int) -> TableInfo:
         info = self._tables.get(tw.table)
-        change = plan_change(info, tw.columns, tw.primary_key)
+        change = plan_table(info, tw, self.max_columns)
         if info is None or change.needed:
-            # Serialise DDL on this table across workers, then decide on the current catalog.
+            # Serialise DDL on this table across workers (one lock for names that differ only
+            # in case), then decide on the current catalog.
             await con.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                f"aam-dcl:{self.schema}.{tw.table}",
+                f"aam-dcl:{self.schema}.{fold(tw.table)}",
             )
-            change = plan_change(await self._read_table(con, tw.table), tw.columns, tw.primary_key)
+            stored = await self._read_table(con, tw.table)
+            if stored is None:
+                await self._check_table_case(con, tw)
+            change = plan_table(stored, tw, self.max_columns)
             if change.needed:
                 await self._alter(con, tw.table, change)
         if tw.parts:
             await self._insert(con, tw, change.info, f"_dcl_stage_{n}")
         return change.info
+
+    async def _check_table_case(self, con: asyncpg.Connection, tw: TableWrite) -> None:
+        """Refuse a new table whose name differs from a stored one's only in case."""
+        other = await con.fetchval(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f') "
+            f"AND {FOLD_SQL.format('c.relname')} = $2 AND c.relname <> $3 LIMIT 1",
+            self.schema,
+            fold(tw.table),
+            tw.table,
+        )
+        if other is not None:
+            raise table_collision(tw, other)
 
     async def _read_table(self, con: asyncpg.Connection, table: str) -> TableInfo | None:
         rows = await con.fetch(
@@ -393,6 +484,20 @@ class PostgresSink(Sink):
         except (TypeError, ValueError, OverflowError):
             return False
         return True
+
+
+async def _schema_exists(con: asyncpg.Connection, schema: str) -> bool:
+    found = await con.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema)
+    return found is not None
+
+
+async def _table_exists(con: asyncpg.Connection, schema: str, table: str) -> bool:
+    found = await con.fetchval("SELECT to_regclass($1)", _qualified(schema, table))
+    return found is not None
+
+
+def _qualified(schema: str, table: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(table)}"
 
 
 class _NotDirect(ValueError):
