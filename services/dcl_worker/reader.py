@@ -63,6 +63,7 @@ class StreamReader:
         self.group = keys.group(settings.tenant_id)
         self.name = settings.consumer_name
         self.budget = max(MIN_READ_BUDGET, settings.read_count)
+        self.streams_added = asyncio.Event()  # set by discovery when it adds a stream
         self._stop_waiter: asyncio.Future[Any] | None = None
 
     async def run(self) -> None:
@@ -95,8 +96,9 @@ class StreamReader:
     async def step(self) -> None:
         """One round: reclaims that are due, backlog reads, one blocking read of new entries."""
         consumers = list(self.consumers.values())
-        if not consumers:
-            await self._wait_for(asyncio.sleep(self.settings.block_ms / 1000))
+        if not consumers:  # wait for discovery to find the first stream
+            await self._wait_for(self.streams_added.wait())
+            self.streams_added.clear()
             return
         for consumer in consumers:
             await consumer.ensure_group()

@@ -168,6 +168,7 @@ class Worker:
             self.settings, self.redis, self.sink, connector, self.stopping, self.running
         )
         self.consumers[connector] = consumer
+        self.reader.streams_added.set()
         metrics.init_stream(self.tenant, connector)
         metrics.STREAMS.labels(self.tenant).set(len(self.consumers))
         log.info("stream_discovered", connector=connector, stream=consumer.stream)
