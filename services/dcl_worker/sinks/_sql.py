@@ -96,10 +96,17 @@ def _identifier_problem(name: str) -> str | None:
     return None
 
 
+def shown(name: str) -> str:
+    """``name`` for a message: quoted, and cut when it is long (names of thousands of chars)."""
+    return repr(name) if len(name) <= 80 else f"{name[:60]!r}... ({len(name)} characters)"
+
+
 def check_table_name(name: str, batch_id: str) -> None:
     problem = _identifier_problem(name)
     if problem is not None:
-        raise SinkDataError(f"batch {batch_id}: table name {name!r} {problem}; cannot store it")
+        raise SinkDataError(
+            f"batch {batch_id}: table name {shown(name)} {problem}; cannot store it"
+        )
 
 
 def check_column_name(table: str, column: str, batch_id: str) -> None:
@@ -108,7 +115,8 @@ def check_column_name(table: str, column: str, batch_id: str) -> None:
         problem = f"starts with the reserved prefix {RESERVED_PREFIX!r}"
     if problem is not None:
         raise SinkDataError(
-            f"batch {batch_id}: table {table}: column name {column!r} {problem}; cannot store it"
+            f"batch {batch_id}: table {table}: column name {shown(column)} {problem}; "
+            "cannot store it"
         )
 
 
