@@ -128,8 +128,9 @@ def payload_fingerprint(raw: bytes, body: dict[str, Any]) -> str | None:
 
     The bridge re-sends a batch after a lost reply under the same id with a new emitted_at
     (stamped at encode time), so that one member is left out; everything else (tables, records,
-    flags) is the content. xxh3 hashes 40 KB in about 1 µs (hashlib's fastest, sha1/sha256, take
-    about 30 µs). orjson writes emitted_at after tables, so the member is found from the right
+    flags) is the content. The whole fingerprint of a 40 KB payload takes 2-6 µs (xxh3 itself
+    about 1 µs; hashlib's sha256 about 36 µs, blake2b about 80 µs), against 125-215 µs for
+    parsing it. orjson writes emitted_at after tables, so the member is found from the right
     with rfind, and taken only if it is the top-level one: its value is the decoded one and
     nothing after it opens or closes a container (a nested member is always followed by a
     closing bracket). A payload laid out otherwise (another producer) is hashed in a normal
