@@ -28,20 +28,26 @@ import orjson
 
 from aam_dcl.errors import ConfigError, SinkDataError, SinkError, SinkUnavailable
 from aam_dcl.messages import Batch
+from dcl_worker.sinks._duckdb_catalog import (
+    TYPES,
+    alter_table,
+    first_column,
+    qualified,
+    read_table,
+    stored_schema,
+    table_exists,
+    table_of_other_case,
+)
 from dcl_worker.sinks._sql import (
     BATCH_ID_COLUMN,
     DEFAULT_MAX_COLUMNS,
-    FOLD_SQL,
     INBOX_TABLE,
     INGESTED_AT_COLUMN,
-    RESERVED_PREFIX,
     VERSION_COLUMN,
-    TableChange,
     TableInfo,
     TableWrite,
     check_fingerprints,
     check_table_name,
-    fold,
     plan_table,
     plan_writes,
     quote_ident,
@@ -55,26 +61,6 @@ from dcl_worker.sinks.base import Sink
 
 T = TypeVar("T")
 
-TYPES = {
-    "string": "VARCHAR",
-    "integer": "BIGINT",
-    "numeric": "DOUBLE",
-    "boolean": "BOOLEAN",
-    "datetime": "TIMESTAMPTZ",
-    "date": "DATE",
-    "json": "JSON",
-}
-# information_schema spelling -> logical type; anything else (a column made by hand) is
-# treated as string, which never asks for a change.
-_FROM_STORE = {
-    "VARCHAR": "string",
-    "BIGINT": "integer",
-    "DOUBLE": "numeric",
-    "BOOLEAN": "boolean",
-    "TIMESTAMP WITH TIME ZONE": "datetime",
-    "DATE": "date",
-    "JSON": "json",
-}
 _SEQ, _POS, _ROWS, _ROW = "_dcl_seq", "_dcl_pos", "_dcl_rows", "_dcl_row"
 _TARGET = "_dcl_target"  # the INSERT's alias for the data table, for the upsert's WHERE
 _MIN_OBJECT_BYTES = 16 * 1024 * 1024  # read_json's default maximum_object_size
@@ -212,15 +198,17 @@ class DuckDBSink(Sink):
         if self._explicit_schema is not None:
             return self._explicit_schema
         own = tenant_schema(self.tenant, DEFAULT_SCHEMA)
-        if own == DEFAULT_SCHEMA or _stored_schema(con, own) is not None:
+        if own == DEFAULT_SCHEMA or stored_schema(con, own) is not None:
             return own
-        if _table_exists(con, DEFAULT_SCHEMA, OWNER_TABLE):
-            owners = _column(con, f"SELECT tenant FROM {_qualified(DEFAULT_SCHEMA, OWNER_TABLE)}")
+        if table_exists(con, DEFAULT_SCHEMA, OWNER_TABLE):
+            owners = first_column(
+                con, f"SELECT tenant FROM {qualified(DEFAULT_SCHEMA, OWNER_TABLE)}"
+            )
             return DEFAULT_SCHEMA if owners == [self.tenant] else own
-        if _table_exists(con, DEFAULT_SCHEMA, INBOX_TABLE):
-            tenants = _column(
+        if table_exists(con, DEFAULT_SCHEMA, INBOX_TABLE):
+            tenants = first_column(
                 con,
-                f"SELECT DISTINCT tenant FROM {_qualified(DEFAULT_SCHEMA, INBOX_TABLE)} "
+                f"SELECT DISTINCT tenant FROM {qualified(DEFAULT_SCHEMA, INBOX_TABLE)} "
                 "WHERE tenant IS NOT NULL ORDER BY 1",
             )
             if adopt_legacy(DEFAULT_SCHEMA, self.tenant, tenants):
@@ -231,17 +219,17 @@ class DuckDBSink(Sink):
         """Create the schema, refuse it if another tenant owns it, record the owner, create the
         inbox (or give an older one its fingerprint column). Returns the stored spelling:
         DuckDB's ``dcl_tx`` is a ``dcl_TX`` made before, which the owner record then names."""
-        stored = _stored_schema(con, schema)
+        stored = stored_schema(con, schema)
         if stored is None:
             con.execute(f"CREATE SCHEMA {quote_ident(schema)}")
             stored = schema
-        owner, inbox = _qualified(stored, OWNER_TABLE), _qualified(stored, INBOX_TABLE)
+        owner, inbox = qualified(stored, OWNER_TABLE), qualified(stored, INBOX_TABLE)
         con.execute(f"CREATE TABLE IF NOT EXISTS {owner} (tenant VARCHAR NOT NULL)")
-        owners = _column(con, f"SELECT tenant FROM {owner}")
-        had_inbox = _table_exists(con, stored, INBOX_TABLE)
+        owners = first_column(con, f"SELECT tenant FROM {owner}")
+        had_inbox = table_exists(con, stored, INBOX_TABLE)
         others: list[str] = []
         if not owners and had_inbox:
-            others = _column(
+            others = first_column(
                 con,
                 f"SELECT DISTINCT tenant FROM {inbox} WHERE tenant <> ? ORDER BY 1",
                 [self.tenant],
@@ -368,14 +356,14 @@ class DuckDBSink(Sink):
     def _apply(
         self, con: duckdb.DuckDBPyConnection, tw: TableWrite, spooled: list[str]
     ) -> TableInfo:
-        info = self._tables.get(tw.table) or _read_table(con, tw.table)
+        info = self._tables.get(tw.table) or read_table(con, tw.table)
         if info is None:
-            other = _table_of_other_case(con, tw.table)
+            other = table_of_other_case(con, tw.table)
             if other is not None:
                 raise table_collision(tw, other)
         change = plan_table(info, tw, self.max_columns)
         if change.needed:
-            _alter(con, tw.table, change)
+            alter_table(con, tw.table, change)
         if tw.parts:
             name = f"{self._spool_prefix}{_PROCESS}-{uuid.uuid4().hex}.ndjson"
             path = os.path.join(self._spool_dir, name)
@@ -476,121 +464,6 @@ def _read_json(path: str, types: dict[str, str], longest_line: int) -> str:
         f"read_json({quote_literal(path)}, format = 'newline_delimited', "
         f"maximum_object_size = {size}, columns = {columns})"
     )
-
-
-def _stored_schema(con: duckdb.DuckDBPyConnection, schema: str) -> str | None:
-    """The stored spelling of ``schema`` (DuckDB ignores the case of ASCII letters), or None."""
-    row = con.execute(
-        "SELECT schema_name FROM information_schema.schemata WHERE catalog_name = "
-        f"current_database() AND {FOLD_SQL.format('schema_name')} = ? ORDER BY 1 LIMIT 1",
-        [fold(schema)],
-    ).fetchone()
-    return str(row[0]) if row else None
-
-
-def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    row = con.execute(
-        "SELECT 1 FROM information_schema.tables WHERE table_catalog = current_database() "
-        "AND table_schema = ? AND table_name = ?",
-        [schema, table],
-    ).fetchone()
-    return row is not None
-
-
-def _table_of_other_case(con: duckdb.DuckDBPyConnection, table: str) -> str | None:
-    """A stored table whose name differs from ``table`` only in case (DuckDB: the same table)."""
-    row = con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = "
-        f"current_schema() AND {FOLD_SQL.format('table_name')} = ? AND table_name <> ? LIMIT 1",
-        [fold(table), table],
-    ).fetchone()
-    return str(row[0]) if row else None
-
-
-def _column(con: duckdb.DuckDBPyConnection, sql: str, params: list[str] | None = None) -> list[str]:
-    return [str(row[0]) for row in con.execute(sql, params or []).fetchall()]
-
-
-def _qualified(schema: str, table: str) -> str:
-    return f"{quote_ident(schema)}.{quote_ident(table)}"
-
-
-def _read_table(con: duckdb.DuckDBPyConnection, table: str) -> TableInfo | None:
-    rows = con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
-        [table],
-    ).fetchall()
-    if not rows:
-        return None
-    columns = {
-        name: _FROM_STORE.get(sql_type, "string")
-        for name, sql_type in rows
-        if not name.startswith(RESERVED_PREFIX)
-    }
-    pk = con.execute(
-        "SELECT constraint_column_names FROM duckdb_constraints() WHERE schema_name = "
-        "current_schema() AND table_name = ? AND constraint_type = 'PRIMARY KEY'",
-        [table],
-    ).fetchone()
-    versioned = any(name == VERSION_COLUMN for name, _ in rows)
-    return TableInfo(columns, list(pk[0]) if pk else [], versioned)
-
-
-def _alter(con: duckdb.DuckDBPyConnection, table: str, change: TableChange) -> None:
-    name = quote_ident(table)
-    if change.create or set(change.widen) & set(change.info.primary_key):
-        # DuckDB cannot change the type of a key column: rebuild the table around it.
-        _create(con, table if change.create else f"{table}__dcl_rebuild", change.info)
-        if not change.create:
-            _copy_into_rebuild(con, table, change.info)
-        return
-    if change.add_version:  # a table from before row versions: its rows are version 0
-        # No IF NOT EXISTS: DuckDB refuses it with NOT NULL. The catalog was read in this
-        # transaction, and only this process can open the file.
-        con.execute(f"ALTER TABLE {name} ADD COLUMN {VERSION_COLUMN} BIGINT NOT NULL DEFAULT 0")
-    for column, logical in change.add.items():
-        con.execute(
-            f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {quote_ident(column)} {TYPES[logical]}"
-        )
-    for column, logical in change.widen.items():
-        con.execute(
-            f"ALTER TABLE {name} ALTER COLUMN {quote_ident(column)} SET DATA TYPE {TYPES[logical]}"
-        )
-
-
-def _create(con: duckdb.DuckDBPyConnection, table: str, info: TableInfo) -> None:
-    defs = [f"{quote_ident(c)} {TYPES[t]}" for c, t in info.columns.items()]
-    defs += [
-        f"{BATCH_ID_COLUMN} VARCHAR",
-        f"{VERSION_COLUMN} BIGINT NOT NULL DEFAULT 0",
-        f"{INGESTED_AT_COLUMN} TIMESTAMPTZ",
-    ]
-    if info.primary_key:
-        defs.append(f"PRIMARY KEY ({', '.join(quote_ident(c) for c in info.primary_key)})")
-    con.execute(f"CREATE TABLE IF NOT EXISTS {quote_ident(table)} ({', '.join(defs)})")
-
-
-def _copy_into_rebuild(con: duckdb.DuckDBPyConnection, table: str, info: TableInfo) -> None:
-    rebuild = f"{table}__dcl_rebuild"
-    stored = _read_table(con, table)
-    old = stored.columns if stored else {}
-    meta = [BATCH_ID_COLUMN, INGESTED_AT_COLUMN]
-    if stored and stored.versioned:  # otherwise the rebuilt rows take the default, 0
-        meta.append(VERSION_COLUMN)
-    columns = [c for c in info.columns if c in old] + meta
-    names = ", ".join(quote_ident(c) for c in columns)
-    casts = ", ".join(
-        f"CAST({quote_ident(c)} AS {TYPES[info.columns[c]]})"
-        if c in info.columns
-        else quote_ident(c)
-        for c in columns
-    )
-    con.execute(
-        f"INSERT INTO {quote_ident(rebuild)} ({names}) SELECT {casts} FROM {quote_ident(table)}"
-    )
-    con.execute(f"DROP TABLE {quote_ident(table)}")
-    con.execute(f"ALTER TABLE {quote_ident(rebuild)} RENAME TO {quote_ident(table)}")
 
 
 def _ids(ids: list[str]) -> str:

@@ -11,20 +11,17 @@ newer ``_dcl_version``. Everything lives in the tenant's schema (``_tenancy``).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from itertools import chain, repeat
-from operator import attrgetter
-from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
-import orjson
 
 from aam_dcl.errors import ConfigError, SinkDataError, SinkError, SinkUnavailable
 from aam_dcl.messages import Batch, Record
+from dcl_worker.sinks._pg_values import STAGE, TYPES, column_values, direct_rows
 from dcl_worker.sinks._sql import (
     BATCH_ID_COLUMN,
     DEFAULT_MAX_COLUMNS,
@@ -35,7 +32,6 @@ from dcl_worker.sinks._sql import (
     VERSION_COLUMN,
     TableChange,
     TableInfo,
-    TablePart,
     TableWrite,
     check_fingerprints,
     check_table_name,
@@ -50,30 +46,7 @@ from dcl_worker.sinks._sql import (
 from dcl_worker.sinks._tenancy import OWNER_TABLE, adopt_legacy, check_owner, tenant_schema
 from dcl_worker.sinks.base import Sink
 
-TYPES = {
-    "string": "text",
-    "integer": "bigint",
-    "numeric": "double precision",
-    "boolean": "boolean",
-    "datetime": "timestamp with time zone",
-    "date": "date",
-    "json": "jsonb",
-}
 _FROM_STORE = {sql: logical for logical, sql in TYPES.items()}
-# What the staging table holds: types asyncpg encodes straight from JSON-decoded values.
-# datetime, date and json travel as text and the server casts them (and reads the offsets).
-_STAGE = {**TYPES, "datetime": "text", "date": "text", "json": "text"}
-_NONE = type(None)
-# Python types a staged column takes without conversion; anything else goes through _CONVERT.
-_NATIVE: dict[str, frozenset[type]] = {
-    "string": frozenset({str, _NONE}),
-    "integer": frozenset({int, _NONE}),
-    "numeric": frozenset({int, float, _NONE}),
-    "boolean": frozenset({bool, _NONE}),
-    "datetime": frozenset({str, _NONE}),
-    "date": frozenset({str, _NONE}),
-    "json": frozenset({_NONE}),
-}
 # SQLSTATE classes that mean "the store is not usable now", not "this data is bad":
 # connection, transaction rollback (deadlock), resources, operator intervention,
 # object not in prerequisite state (lock timeout), system and internal errors.
@@ -397,10 +370,10 @@ class PostgresSink(Sink):
             return
         records: list[Record] = list(chain.from_iterable(p.records for p in tw.parts))
         where = _write_where(tw)
-        values = [_column_values(records, c, logical[c], where) for c in columns]
+        values = [column_values(records, c, logical[c], where) for c in columns]
         batch_ids = list(chain.from_iterable(repeat(p.batch_id, len(p.records)) for p in tw.parts))
         versions = list(chain.from_iterable(repeat(p.version, len(p.records)) for p in tw.parts))
-        defs = [f"{quote_ident(c)} {_STAGE[logical[c]]}" for c in columns]
+        defs = [f"{quote_ident(c)} {STAGE[logical[c]]}" for c in columns]
         # asyncpg caches the column types COPY encodes for, by table name: a staging table of
         # another shape must never reuse a name, so the name carries a digest of its shape.
         stage = f"{stage}_{hashlib.blake2b(repr(defs).encode(), digest_size=8).hexdigest()}"
@@ -457,7 +430,7 @@ class PostgresSink(Sink):
         server's own casts and errors. Only new keys get in this way, so no stored version needs
         comparing: the staging path's upsert does that.
 
-        The rows are built a batch at a time while COPY sends them (``_direct_rows``), so the
+        The rows are built a batch at a time while COPY sends them (``direct_rows``), so the
         server is already storing the first rows while later ones are prepared.
         """
         table = tw.table
@@ -473,7 +446,7 @@ class PostgresSink(Sink):
                     schema_name=self.schema,
                     columns=[*logical, BATCH_ID_COLUMN, VERSION_COLUMN],
                     records=chain.from_iterable(
-                        map(partial(_direct_rows, table, logical), tw.parts)
+                        map(partial(direct_rows, table, logical), tw.parts)
                     ),
                 )
         except asyncpg.UniqueViolationError:  # a stored key, or one twice in this write
@@ -500,57 +473,9 @@ def _qualified(schema: str, table: str) -> str:
     return f"{quote_ident(schema)}.{quote_ident(table)}"
 
 
-class _NotDirect(ValueError):
-    """A batch's values that the direct COPY cannot send as they are: the staging path decides."""
-
-
-def _direct_rows(table: str, logical: dict[str, str], part: TablePart) -> Iterator[tuple[Any, ...]]:
-    """One batch's COPY rows for the table itself: its columns, then batch id and version."""
-    where = f"batch {part.batch_id}: table {table}"
-    try:
-        values = [
-            _column_values(part.records, c, kind, lambda _: where) for c, kind in logical.items()
-        ]
-    except SinkDataError as exc:  # the staging path converts upfront and raises it again
-        raise _NotDirect(str(exc)) from exc
-    direct = _direct_values(logical, values)
-    if direct is None:
-        raise _NotDirect(f"batch {part.batch_id}: a date or time Python does not read")
-    return zip(*direct, repeat(part.batch_id), repeat(part.version))
-
-
-def _direct_values(logical: dict[str, str], values: list[list[Any]]) -> list[list[Any]] | None:
-    """Staged values with dates and datetimes parsed, as the table's own columns take them."""
-    out = []
-    try:
-        for kind, column in zip(logical.values(), values, strict=True):
-            if kind == "datetime":
-                column = _as_utc(_parse(dt.datetime.fromisoformat, column))
-            elif kind == "date":
-                column = _parse(dt.date.fromisoformat, column)
-            out.append(column)
-    except ValueError:
-        return None  # a format Python does not read: let the server's cast decide
-    return out
-
-
-def _parse(parse: Callable[[str], Any], column: list[Any]) -> list[Any]:
-    try:
-        return list(map(parse, column))  # no per-value Python code when there is no NULL
-    except TypeError:
-        return [None if v is None else parse(v) for v in column]
-
-
-def _as_utc(column: list[dt.datetime | None]) -> list[dt.datetime | None]:
-    """Naive datetimes read as UTC (asyncpg would take them as the worker's local time)."""
-    if None not in map(attrgetter("tzinfo"), filter(None, column)):
-        return column
-    return [v if v is None or v.tzinfo is not None else v.replace(tzinfo=dt.UTC) for v in column]
-
-
 def _expr(column: str, logical: str) -> str:
     ref = f"s.{quote_ident(column)}"
-    return ref if _STAGE[logical] == TYPES[logical] else f"{ref}::{TYPES[logical]}"
+    return ref if STAGE[logical] == TYPES[logical] else f"{ref}::{TYPES[logical]}"
 
 
 async def _rejected(
@@ -562,7 +487,7 @@ async def _rejected(
 ) -> SinkError:
     """Name the column whose values the server could not cast (one probe per cast column)."""
     for column, kind in logical.items():
-        if _STAGE[kind] == TYPES[kind]:
+        if STAGE[kind] == TYPES[kind]:
             continue
         try:
             async with con.transaction():
@@ -570,79 +495,6 @@ async def _rejected(
         except asyncpg.DataError as probe:
             return SinkDataError(f"{tw.where(column)}: not a valid {TYPES[kind]}: {probe}")
     return SinkDataError(f"{tw.where()}: PostgreSQL rejected the rows: {exc}")
-
-
-def _to_text(value: Any) -> str:
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
-
-
-def _to_int(value: Any) -> int:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        return int(value)
-    raise TypeError(f"{value!r} is not an integer")
-
-
-def _to_float(value: Any) -> float:
-    if isinstance(value, str):
-        return float(value)
-    raise TypeError(f"{value!r} is not a number")
-
-
-def _to_bool(value: Any) -> bool:
-    raise TypeError(f"{value!r} is not a boolean")
-
-
-def _to_temporal(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    isoformat = getattr(value, "isoformat", None)  # datetime/date from an in-process producer
-    if isoformat is None or isinstance(value, bool | int | float):
-        raise TypeError(f"{value!r} is not an ISO 8601 date or time")
-    return str(isoformat())
-
-
-def _to_json(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-_CONVERT: dict[str, Callable[[Any], Any]] = {
-    "string": _to_text,
-    "integer": _to_int,
-    "numeric": _to_float,
-    "boolean": _to_bool,
-    "datetime": _to_temporal,
-    "date": _to_temporal,
-    "json": _to_json,
-}
-
-
-def _column_values(
-    records: list[Record], column: str, logical: str, where: Callable[[int], str]
-) -> list[Any]:
-    """One column's values as the staging table takes them; checks types once per column.
-
-    ``where(index)`` names the batch and table of a record, for the error a bad value raises.
-    """
-    values: list[Any] = list(map(dict.get, records, repeat(column)))  # 3x a methodcaller
-    if set(map(type, values)) <= _NATIVE[logical]:
-        return values  # the common case: no per-value work
-    return [_convert_one(column, logical, i, v, where) for i, v in enumerate(values)]
-
-
-def _convert_one(
-    column: str, logical: str, index: int, value: Any, where: Callable[[int], str]
-) -> Any:
-    if type(value) in _NATIVE[logical]:
-        return value
-    try:
-        return _CONVERT[logical](value)
-    except (TypeError, ValueError) as exc:
-        raise SinkDataError(
-            f"{where(index)}: column {column}: "
-            f"{value!r} cannot be stored as {TYPES[logical]}: {exc}"
-        ) from exc
 
 
 def _write_where(tw: TableWrite) -> Callable[[int], str]:
