@@ -313,15 +313,19 @@ async def run_demo_through_outage(
     got = sum(worker_metric("records_total", c, outcome="processed") - processed[c]
               for c in connectors)  # fmt: skip
     assert got == total, "a batch was applied more than once (or not at all)"
+    seen = 0.0
     for connector in connectors:
         assert await client.xlen(keys.dead_letter_stream(TENANT, connector)) == 0
         assert await pending_count(client, connector) == 0
         errors = worker_metric("redis_errors_total", connector) - redis_errors[connector]
-        assert errors > 0, f"{connector}: the consumer never saw the outage"
+        seen += errors
         assert_bounded(errors, outage_s, f"worker consumer {connector}")
         runs = metric("aam_bridge_sync_runs_total", tenant=TENANT, connector=connector,
                       status="failed") - failed_runs[connector]  # fmt: skip
         assert_bounded(runs, outage_s, f"bridge connector {connector}")
+    # One reader serves every stream: a command that failed was one stream's handling or the
+    # shared read, so the worker as a whole (not each stream) must have seen the outage.
+    assert seen > 0, "the worker never saw the outage"
     assert_bounded(count_events(events, "discovery_failed"), outage_s, "worker discovery")
 
 
