@@ -34,7 +34,7 @@ from aam_dcl.errors import (
     SinkDataError,
     SinkUnavailable,
 )
-from aam_dcl.messages import Batch, decode
+from aam_dcl.messages import Batch, decode, fingerprints_conflict
 from aam_dcl.progress import Progress
 from aam_dcl.stream_info import create_group, entry_id_key
 from dcl_worker import metrics
@@ -175,6 +175,7 @@ class StreamConsumer:
         out = Outcome()
         deliveries = await self._delivery_counts(entries) if redelivered else {}
         candidates: list[tuple[bytes, Batch]] = []
+        fields_of = dict(entries)
         for entry_id, fields in entries:
             if not fields:  # pending, but deleted from the stream (XREADGROUP gives no fields)
                 metrics.DELETED_PENDING.labels(*self.labels).inc()
@@ -191,7 +192,7 @@ class StreamConsumer:
             candidates.append((entry_id, batch))
 
         # Duplicates first: a batch already processed is acked, however often it was delivered.
-        fresh = await self._drop_processed(candidates, out)
+        fresh = await self._drop_processed(candidates, fields_of, deliveries, out)
         fresh = self._drop_overdelivered(fresh, entries, deliveries, out)
         await self._write(fresh, out, deliveries, entries)
         await self._finalize(out)
@@ -243,21 +244,44 @@ class StreamConsumer:
         return kept
 
     async def _drop_processed(
-        self, candidates: list[tuple[bytes, Batch]], out: Outcome
+        self,
+        candidates: list[tuple[bytes, Batch]],
+        fields_of: dict[bytes, dict[bytes, bytes] | None],
+        deliveries: dict[bytes, int],
+        out: Outcome,
     ) -> list[tuple[bytes, Batch]]:
-        """Ack batches already in the processed SET (one SMISMEMBER) and repeats in this read."""
+        """Ack batches already processed (one SMISMEMBER) and repeats in this read.
+
+        A batch id reused with other content is not a duplicate: a repeat within the read is
+        compared with its first copy here; a batch Redis knows as processed that carries a
+        fingerprint goes on to the sink, whose inbox compares it with the applied copy (and
+        skips it when it is the same). Either conflict is dead-lettered as batch_id_conflict.
+        """
         if not candidates:
             return []
         ids = [b.batch_id for _, b in candidates]
         known = await self.redis.smismember(keys.processed_set(self.tenant), ids)
         fresh: list[tuple[bytes, Batch]] = []
-        seen: set[str] = set()
+        first: dict[str, Batch] = {}
         for (entry_id, batch), is_known in zip(candidates, known, strict=True):
-            if is_known or batch.batch_id in seen:
+            earlier = first.get(batch.batch_id)
+            if earlier is not None and fingerprints_conflict(
+                earlier.fingerprint, batch.fingerprint
+            ):
+                error = (
+                    f"batch {batch.batch_id} arrived twice in one read with different content "
+                    f"(fingerprints {earlier.fingerprint}, {batch.fingerprint}): a producer "
+                    "reused a batch id"
+                )
+                fields = fields_of.get(entry_id) or {}
+                dead = self._dead(entry_id, fields, deliveries, "batch_id_conflict", error, batch)
+                out.dead.append(dead)
+                out.ack.append(entry_id)
+            elif earlier is not None or (is_known and batch.fingerprint is None):
                 out.duplicates.append(batch)
                 out.ack.append(entry_id)
             else:
-                seen.add(batch.batch_id)
+                first[batch.batch_id] = batch
                 fresh.append((entry_id, batch))
         return fresh
 

@@ -100,3 +100,29 @@ async def test_the_clock_skew_allowance_is_a_setting(
         await wait_until(lambda: drained(redis), what="the stream to be consumed")
     (letter,) = await dead_letters(redis, "crm")
     assert letter[b"error_type"] == b"future_batch_id"
+
+
+async def test_a_reused_batch_id_with_other_content_is_dead_lettered_an_identical_resend_is_not(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """The second copy of a batch id with other records is dead-lettered as
+    batch_id_conflict (it used to vanish as a duplicate); a re-send of the same content with a
+    new emitted_at, as the bridge sends after a lost reply, stays a quiet duplicate. Checked
+    both across reads (Redis knows the id: the store's inbox compares) and within one read."""
+    now_ms = int(time.time() * 1000)
+    original = batch("crm", f"crm_{now_ms}_1", "original")
+    await send(redis, "crm", original)
+    async with running_worker(settings):
+        await wait_until(lambda: drained(redis), what="the original")
+        await send(redis, "crm", batch("crm", f"crm_{now_ms}_1", "original"))  # same content
+        await send(redis, "crm", batch("crm", f"crm_{now_ms}_1", "other content"))
+        await wait_until(lambda: drained(redis), what="the copies")
+    # Within one read: two copies of a new id, the second with other content.
+    await send(redis, "crm", batch("crm", f"crm_{now_ms}_2", "first copy"))
+    await send(redis, "crm", batch("crm", f"crm_{now_ms}_2", "second copy"))
+    async with running_worker(settings):
+        await wait_until(lambda: drained(redis), what="the copies in one read")
+    letters = await dead_letters(redis, "crm")
+    assert [f[b"error_type"] for f in letters] == [b"batch_id_conflict", b"batch_id_conflict"]
+    assert [f[b"batch_id"] for f in letters] == [f"crm_{now_ms}_{n}".encode() for n in (1, 2)]
+    assert [v for k, v in rows(settings).items() if "accounts" in k] == [[(1, "first copy")]]
