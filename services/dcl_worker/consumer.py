@@ -56,6 +56,7 @@ class Outcome:
     processed: list[Batch] = field(default_factory=list)
     duplicates: list[Batch] = field(default_factory=list)
     retry: int = 0  # entries left pending to be tried again
+    known: set[str] = field(default_factory=set)  # processed per Redis, checked by the store
 
 
 class Backoff:
@@ -232,7 +233,8 @@ class StreamConsumer:
         kept = []
         for entry_id, batch in fresh:
             count = deliveries.get(entry_id, 1)
-            if count > self.settings.max_deliveries:
+            # A batch already processed is no poison, however often delivered: the store skips it.
+            if count > self.settings.max_deliveries and batch.batch_id not in out.known:
                 reason = f"delivered {count} times, over DCL_MAX_DELIVERIES"
                 fields = fields_of.get(entry_id) or {}
                 out.dead.append(
@@ -283,6 +285,8 @@ class StreamConsumer:
             else:
                 first[batch.batch_id] = batch
                 fresh.append((entry_id, batch))
+                if is_known:
+                    out.known.add(batch.batch_id)
         return fresh
 
     async def _write(
