@@ -7,6 +7,7 @@ every stream in a few multi-stream calls.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import redis.asyncio as aioredis
@@ -73,3 +74,32 @@ async def test_one_stream_deleted_under_the_multi_stream_read_does_not_stop_the_
         processed = await redis.smembers(keys.processed_set("default"))
     expected = {keys.batch_id(c, 1700000000000, n).encode() for c in connectors for n in (1, 2)}
     assert processed == expected
+
+
+async def test_a_stream_whose_connector_part_is_no_valid_name_is_logged_once_and_counted(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """``aam:dcl:default:bad:name`` is not silently ignored: one warning naming the key and
+    the reason, however many discovery rounds pass, and dcl_worker_ignored_streams says 1."""
+    from dcl_worker import metrics
+
+    await redis.xadd("aam:dcl:default:bad:name", {"payload": b"{}"})
+    await publish_one_each(redis, ["good"], 1)
+    with recorded_logs() as events:
+        async with running_worker(settings):  # discovery every 0.1 s
+            good = keys.batch_id("good", 1700000000000, 1)
+
+            async def landed() -> bool:
+                return bool(await redis.sismember(keys.processed_set("default"), good))
+
+            await wait_until(landed, what="the good stream")
+            rounds_until = time.monotonic() + 0.6
+            while time.monotonic() < rounds_until:
+                await redis.ping()
+                await asyncio.sleep(0.05)
+    ignored = [e for e in events if e.get("event") == "stream_ignored"]
+    assert len(ignored) == 1, ignored
+    assert ignored[0]["stream"] == "aam:dcl:default:bad:name"
+    assert "bad:name" in ignored[0]["reason"]
+    assert metrics.IGNORED_STREAMS.labels("default")._value.get() == 1  # no public getter
+    assert await redis.xlen("aam:dcl:default:bad:name") == 1  # left alone, not consumed
