@@ -59,4 +59,7 @@ async def serve(
 def main() -> None:
     from aam_dcl.daemon import run_daemon
 
-    run_daemon("aam-bridge", serve)
+    def connector_names(settings: Settings) -> list[str]:
+        return [c.name for c in load_connectors(settings.connectors_file, settings.tenant_id)]
+
+    run_daemon("aam-bridge", serve, role="bridge", connector_names=connector_names)

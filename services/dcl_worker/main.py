@@ -47,4 +47,4 @@ async def serve(settings: Settings, stopping: asyncio.Event) -> None:
 def main() -> None:
     from aam_dcl.daemon import run_daemon
 
-    run_daemon("dcl-worker", serve)
+    run_daemon("dcl-worker", serve, role="worker")

@@ -85,3 +85,83 @@ def acl_users(
         ]  # fmt: skip
         users.append(AclUser(f"aam-{role}-{tenant}", role, rules, bool(password)))
     return users
+
+
+# --- the start-up permission check's probes (aam_dcl.permissions) ----------------------------
+
+# Not probed: queuing EXEC would run the probe. MULTI and DISCARD are the check's own frame,
+# so a denial of either is reported too.
+UNPROBED = {"exec": "sending it would run the queued probe commands"}
+
+PROBE_CONNECTOR = "permission-check"  # the worker's streams are discovered: any valid name
+
+
+def probe_commands(
+    role: str, tenant: str, connectors: Sequence[str]
+) -> list[tuple[str, list[str]]]:
+    """``(command, argv)`` for every command of ``ROLE_COMMANDS[role]`` (but ``UNPROBED``), each
+    against the real keys the role's daemon uses it on: the bridge's per connector, the
+    worker's for a probe connector name. Each argv carries at most one key, so a key denial
+    names its key. Built from ROLE_COMMANDS: a command added there without a probe here
+    raises KeyError (tests/integration/test_permissions.py checks every role)."""
+    names = list(connectors) or [PROBE_CONNECTOR]
+    streams = [keys.stream(tenant, c) for c in names]
+    group = keys.group(tenant)
+    sha = "0" * 40
+    processed, expiry = keys.processed_set(tenant), keys.processed_expiry(tenant)
+    dlqs = [keys.dead_letter_stream(tenant, c) for c in names]
+    if role == "bridge":
+        script_keys = [*streams, *(keys.sync_state(tenant, c) for c in names)]
+        xadd_keys, xlen_keys = streams, streams
+    elif role == "worker":
+        script_keys = [*streams, processed, expiry, *dlqs]
+        xadd_keys, xlen_keys = dlqs, [*streams, *dlqs]
+    else:
+        raise ValueError(f"no start-up check for role {role!r} (only the daemons' roles)")
+
+    def each(ks: Sequence[str], *argv: str) -> list[list[str]]:
+        return [[a if a != "{key}" else k for a in argv] for k in ks]
+
+    uses: dict[str, list[list[str]]] = {
+        "ping": [["PING"]],
+        "hello": [["HELLO"]],
+        "auth": [["AUTH", "permission-check", "permission-check"]],  # queued, never run
+        "client|setname": [["CLIENT", "SETNAME", "aam-dcl-permission-check"]],
+        "client|id": [["CLIENT", "ID"]],
+        "watch": each(streams, "WATCH", "{key}"),
+        "unwatch": [["UNWATCH"]],
+        "xadd": each(xadd_keys, "XADD", "{key}", "*", "payload", "{}"),
+        "xgroup|create": each(streams, "XGROUP", "CREATE", "{key}", group, "0", "MKSTREAM"),
+        "xinfo|groups": each(streams, "XINFO", "GROUPS", "{key}"),
+        "xinfo|stream": each(streams, "XINFO", "STREAM", "{key}"),
+        "xpending": each(streams, "XPENDING", "{key}", group),
+        "xlen": each(xlen_keys, "XLEN", "{key}"),
+        "hset": [["HSET", keys.sync_state(tenant, c), "probe", "1"] for c in names],
+        "hgetall": [["HGETALL", keys.sync_state(tenant, c)] for c in names],
+        "evalsha": each(script_keys, "EVALSHA", sha, "1", "{key}"),
+        "eval": each(script_keys, "EVAL", "return 1", "1", "{key}"),
+        "script|load": [["SCRIPT", "LOAD", "return 1"]],
+        "script|exists": [["SCRIPT", "EXISTS", sha]],
+        "scan": [["SCAN", "0", "MATCH", keys.stream_pattern(tenant), "COUNT", "1"]],
+        "exists": [["EXISTS", keys.paused_flag(tenant)]],
+        "xreadgroup": each(
+            streams, "XREADGROUP", "GROUP", group, "probe", "COUNT", "1", "STREAMS", "{key}", ">"
+        ),
+        "xack": each(streams, "XACK", "{key}", group, "0-1"),
+        "xautoclaim": each(
+            streams, "XAUTOCLAIM", "{key}", group, "probe", "0", "0-0", "COUNT", "1"
+        ),
+        "smismember": [["SMISMEMBER", processed, "probe"]],
+        "scard": [["SCARD", processed]],
+        "sadd": [["SADD", processed, "probe"]],
+        "srem": [["SREM", processed, "probe"]],
+        "zadd": [["ZADD", expiry, "0", "probe"]],
+        "zrangebyscore": [["ZRANGEBYSCORE", expiry, "-inf", "0", "LIMIT", "0", "1"]],
+        "zrem": [["ZREM", expiry, "probe"]],
+        "expire": [["EXPIRE", processed, "60"], ["EXPIRE", expiry, "60"]],
+    }
+    frame = {"multi", "discard", *UNPROBED}
+    setup = {*_CONNECTION, *_TRANSACTION}
+    # the data commands first: the first denial is the one a start-up failure names
+    ordered = sorted(ROLE_COMMANDS[role], key=lambda c: c in setup)
+    return [(c, argv) for c in ordered if c not in frame for argv in uses[c]]
