@@ -151,7 +151,7 @@ class Daemon:
 class ChaosRedis:
     """A private Redis with an AOF that can crash (losing its AOF's tail) and come back."""
 
-    def __init__(self, directory: Path, appendfsync: str) -> None:
+    def __init__(self, directory: Path, appendfsync: str = "always") -> None:
         self.server = start_local_server(
             directory, appendonly=True, appendfsync=appendfsync, prefer="redis"
         )
