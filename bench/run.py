@@ -25,7 +25,7 @@ import redis
 from cases import CASES, Config
 from systems import LABELS, TRANSPORT
 
-from aam_dcl.local_server import start_local_server
+from aam_dcl_cli.local_server import start_local_server
 
 HERE = Path(__file__).resolve().parent
 TARGETS = {

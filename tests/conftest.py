@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from aam_dcl.local_server import LocalServer, start_local_server
 from aam_dcl.logs import configure_logging
+from aam_dcl_cli.local_server import LocalServer, start_local_server
 
 PG_ADMIN_DSN = os.environ.get("AAM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 

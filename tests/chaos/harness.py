@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 
 from aam_bridge.connectors.base import ConnectorConfig
 from aam_dcl import keys
-from aam_dcl.local_server import LocalServer, start_local_server
+from aam_dcl_cli.local_server import LocalServer, start_local_server
 from tests.chaos import verify
 
 BIN = Path(sys.executable).parent  # the venv's console scripts

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from aam_dcl import __version__
-from aam_dcl.local_server import LocalServer, start_local_server
+from aam_dcl_cli.local_server import LocalServer, start_local_server
 from tests.deploy.prom import PrometheusServer, Sample, free_port, start_prometheus
 from tests.deploy.toolbox import REPO
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from aam_dcl.local_server import free_port
+from aam_dcl_cli.local_server import free_port
 
 CHUNK_BYTES = 64 * 1024
 

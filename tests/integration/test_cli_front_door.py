@@ -18,8 +18,8 @@ import redis.asyncio as aioredis
 from click.testing import CliRunner, Result
 
 from aam_dcl import __version__, keys
-from aam_dcl.cli import main
 from aam_dcl.config import Settings
+from aam_dcl_cli.cli import main
 from tests.integration.conftest import demo_configs, run_bridge_once, running_worker
 
 BIN = Path(sys.executable).parent

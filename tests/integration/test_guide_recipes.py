@@ -9,7 +9,7 @@ import subprocess
 import redis.asyncio as aioredis
 
 from aam_dcl.config import Settings
-from aam_dcl.local_server import LocalServer
+from aam_dcl_cli.local_server import LocalServer
 from tests.integration.conftest import (
     demo_configs,
     drained,

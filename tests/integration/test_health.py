@@ -16,7 +16,7 @@ import pytest
 
 from aam_bridge.main import serve as serve_bridge
 from aam_dcl.config import Settings
-from aam_dcl.local_server import free_port
+from aam_dcl_cli.local_server import free_port
 from dcl_worker.main import serve as serve_worker
 from tests.integration.conftest import demo_configs
 

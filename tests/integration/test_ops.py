@@ -16,11 +16,12 @@ from click.testing import CliRunner, Result
 from prometheus_client import REGISTRY
 from redis.exceptions import AuthenticationError, NoPermissionError
 
-from aam_dcl import keys, ops, trim
+from aam_dcl import keys
 from aam_dcl.acl import acl_users
-from aam_dcl.cli import main
 from aam_dcl.config import Settings
 from aam_dcl.messages import Batch, Column, TableBatch, TableSchema, encode
+from aam_dcl_cli import ops, trim
+from aam_dcl_cli.cli import main
 from tests.integration.conftest import (
     demo_configs,
     drained,
@@ -506,7 +507,7 @@ async def test_acl_users_run_bridge_and_worker_and_cannot_touch_another_tenant(
             await wait_until(lambda: drained(redis, "acme"), what="acme's data to flow")
         # Nothing the daemons sent was denied (some replies are read with raise_on_error=False,
         # so a missing rule would not always fail loudly). Redis >= 7.2 logs CLIENT SETINFO,
-        # which the rules leave out on purpose (see aam_dcl.ops).
+        # which the rules leave out on purpose (see aam_dcl_cli.ops).
         denied = [e for e in await redis.acl_log() if e["object"] != "client|setinfo"]
         assert denied == []
         assert await redis.scard(keys.processed_set("acme")) > 0

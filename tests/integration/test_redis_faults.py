@@ -29,9 +29,9 @@ from aam_bridge.connectors.demo import DemoConnector
 from aam_bridge.main import serve as serve_bridge
 from aam_dcl import keys
 from aam_dcl.config import Settings
-from aam_dcl.local_server import LocalServer, free_port, start_local_server
 from aam_dcl.messages import Batch, encode
 from aam_dcl.schema import table_batch
+from aam_dcl_cli.local_server import LocalServer, free_port, start_local_server
 from dcl_worker.main import serve as serve_worker
 from tests.integration.conftest import demo_configs, wait_until
 from tests.integration.tcp_proxy import tcp_proxy

@@ -12,8 +12,8 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aam_dcl.config import Settings
-from aam_dcl.local_server import find_binary, free_port
 from aam_dcl.redis_conn import connect, redis_problem
+from aam_dcl_cli.local_server import find_binary, free_port
 
 
 def openssl(*args: str, cwd: Path) -> None:

@@ -17,9 +17,9 @@ from typing import Any
 import click
 
 from aam_dcl.config import Settings
-from aam_dcl.inspect import collect_status
-from aam_dcl.local_server import LocalServer, start_local_server
 from aam_dcl.logs import configure_logging, redacted_url
+from aam_dcl_cli.inspect import collect_status
+from aam_dcl_cli.local_server import LocalServer, start_local_server
 
 DEMO_CONNECTORS = ("salesforce", "hubspot", "dynamics")
 

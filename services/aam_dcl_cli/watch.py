@@ -15,8 +15,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from aam_dcl import keys
-from aam_dcl.inspect import scan_streams
 from aam_dcl.stream_info import group_lag
+from aam_dcl_cli.inspect import scan_streams
 
 
 @dataclass(frozen=True, slots=True)

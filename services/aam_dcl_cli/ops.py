@@ -3,7 +3,7 @@
 Every function takes a Redis client and a tenant and returns plain data (dataclasses); the
 ``aam-dcl`` CLI only formats it. Writes that must happen together run in one MULTI, under
 WATCH where a concurrent change would make them wrong (docs/operations-cli.md). The safe
-trim is in ``aam_dcl.trim``, the per-tenant ACL rules in ``aam_dcl.acl``.
+trim is in ``aam_dcl_cli.trim``, the per-tenant ACL rules in ``aam_dcl.acl``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from redis.exceptions import WatchError
 
 from aam_dcl import keys
 from aam_dcl.errors import AamDclError
-from aam_dcl.inspect import list_streams
+from aam_dcl_cli.inspect import list_streams
 
 ENTRY_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
 PAGE = 100  # dead letters per MULTI when replaying or purging --all

