@@ -46,3 +46,4 @@ def init_connector(tenant: str, connector: str) -> None:
         SYNC_RUNS.labels(*labels, status)
     PUBLISH_SECONDS.labels(*labels)
     BACKPRESSURE_ACTIVE.labels(*labels).set(0)
+    STREAM_LENGTH.labels(*labels)

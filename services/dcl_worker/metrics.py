@@ -103,7 +103,7 @@ def init_stream(tenant: str, connector: str) -> None:
         counter.labels(*labels)
     PROCESSING_SECONDS.labels(*labels)
     END_TO_END_SECONDS.labels(*labels)
-    for gauge in (PENDING, GROUP_LAG, OLDEST_PENDING_AGE, DEAD_LETTER_LENGTH):
+    for gauge in (STREAM_LENGTH, PENDING, GROUP_LAG, OLDEST_PENDING_AGE, DEAD_LETTER_LENGTH):
         gauge.labels(*labels)
 
 
