@@ -75,6 +75,38 @@ class Backoff:
         self.attempt = 0
 
 
+class StopWaiter:
+    """Waits that end as soon as the worker is stopping, sharing one waiter on the stop
+    event (not one per read). The reader and every stream's consumer use the reader's."""
+
+    def __init__(self, stopping: asyncio.Event) -> None:
+        self.stopping = stopping
+        self._stopped: asyncio.Future[Any] | None = None
+
+    async def wait_for(self, awaitable: Awaitable[Any]) -> Any:
+        """Await ``awaitable`` unless stopping is set first; then cancel it and return None."""
+        if self._stopped is None:
+            self._stopped = asyncio.ensure_future(self.stopping.wait())
+        task = asyncio.ensure_future(awaitable)
+        done, _ = await asyncio.wait({task, self._stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        # An abandoned read may still end in an error: collect it rather than lose it.
+        with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+            await task
+        return None
+
+    async def sleep(self, delay_s: float) -> None:
+        await self.wait_for(asyncio.sleep(delay_s))
+
+    def close(self) -> None:
+        """Drop the stop waiter (a later wait makes a new one)."""
+        if self._stopped is not None:
+            self._stopped.cancel()
+            self._stopped = None
+
+
 class StreamConsumer:
     def __init__(
         self,
@@ -82,7 +114,7 @@ class StreamConsumer:
         client: aioredis.Redis,
         sink: Sink,
         connector: str,
-        stopping: asyncio.Event,
+        waits: StopWaiter,
         running: asyncio.Event,
     ) -> None:
         self.settings = settings
@@ -93,7 +125,8 @@ class StreamConsumer:
         self.stream = keys.stream(self.tenant, connector)
         self.group = keys.group(self.tenant)
         self.consumer = settings.consumer_name
-        self.stopping = stopping
+        self.waits = waits
+        self.stopping = waits.stopping
         self.running = running  # cleared while an operator has paused consumption
         self.finalize = Finalizer(client, self.tenant, connector, settings.idempotency_ttl_s)
         self.finalize.for_consumer(self.consumer)
@@ -108,7 +141,6 @@ class StreamConsumer:
         self.claim_cursor = b"0-0"
         self.in_flight = False
         self.group_ready = False
-        self._stop_waiter: asyncio.Future[Any] | None = None
 
     # --- what the reader asks ---------------------------------------------------------------
 
@@ -324,7 +356,7 @@ class StreamConsumer:
                 log.warning("sink_unavailable", error=str(exc), retry_in_s=round(delay, 2))
                 if self.stopping.is_set():
                     return None
-                await self._sleep(delay)
+                await self.waits.sleep(delay)
             except SinkDataError:
                 metrics.SINK_ERRORS.labels(*self.labels).inc()
                 raise
@@ -450,25 +482,6 @@ class StreamConsumer:
                 duplicates=len(out.duplicates),
                 first_batch_id=out.processed[0].batch_id,
             )
-
-    # --- waiting that respects shutdown ------------------------------------------------------
-
-    async def _wait_for(self, awaitable: Awaitable[Any]) -> Any:
-        """Await ``awaitable`` unless stopping is set first; then cancel it and return None."""
-        if self._stop_waiter is None:  # one waiter for the consumer's life, not one per read
-            self._stop_waiter = asyncio.ensure_future(self.stopping.wait())
-        task = asyncio.ensure_future(awaitable)
-        done, _ = await asyncio.wait({task, self._stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        # An abandoned read may still end in an error: collect it rather than lose it.
-        with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-            await task
-        return None
-
-    async def _sleep(self, delay_s: float) -> None:
-        await self._wait_for(asyncio.sleep(delay_s))
 
 
 def _as_bytes(value: bytes | str | int) -> bytes:

@@ -17,22 +17,20 @@ left entries pending (or failed) sits out its retry delay while the others go on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections.abc import Awaitable, Sequence
-from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aam_dcl import keys
 from aam_dcl.config import Settings
 from dcl_worker import metrics
-from dcl_worker.consumer import Backoff, Entry, StreamConsumer
+from dcl_worker.consumer import Backoff, Entry, StopWaiter, StreamConsumer
 
 log = structlog.get_logger("dcl_worker.reader")
 
@@ -64,7 +62,7 @@ class StreamReader:
         self.name = settings.consumer_name
         self.budget = max(MIN_READ_BUDGET, settings.read_count)
         self.streams_added = asyncio.Event()  # set by discovery when it adds a stream
-        self._stop_waiter: asyncio.Future[Any] | None = None
+        self.waits = StopWaiter(stopping)  # shared with every stream's consumer
 
     async def run(self) -> None:
         backoff = Backoff()
@@ -72,7 +70,7 @@ class StreamReader:
             while not self.stopping.is_set():
                 try:
                     if not self.running.is_set():
-                        await self._wait_for(self.running.wait())
+                        await self.waits.wait_for(self.running.wait())
                         continue
                     await self.step()
                     backoff.reset()
@@ -86,18 +84,16 @@ class StreamReader:
                         metrics.REDIS_ERRORS.labels(*consumer.labels).inc()
                     delay = backoff.next_s()
                     log.warning("redis_unavailable", error=str(exc), retry_in_s=round(delay, 2))
-                    await self._wait_for(asyncio.sleep(delay))
+                    await self.waits.wait_for(asyncio.sleep(delay))
         finally:
-            if self._stop_waiter is not None:
-                self._stop_waiter.cancel()
-                self._stop_waiter = None  # a restarted run() (after a crash) makes a new one
+            self.waits.close()  # a restarted run() (after a crash) makes a new one
             log.info("reader_stopped")
 
     async def step(self) -> None:
         """One round: reclaims that are due, backlog reads, one blocking read of new entries."""
         consumers = list(self.consumers.values())
         if not consumers:  # wait for discovery to find the first stream
-            await self._wait_for(self.streams_added.wait())
+            await self.waits.wait_for(self.streams_added.wait())
             self.streams_added.clear()
             return
         for consumer in consumers:
@@ -111,7 +107,7 @@ class StreamReader:
             await self._read(backlog, "0", None)
         fresh = [c for c in consumers if not c.read_backlog and c.due(now)]
         if not fresh:
-            await self._wait_for(asyncio.sleep(self._until_due(consumers)))
+            await self.waits.wait_for(asyncio.sleep(self._until_due(consumers)))
             return
         # Don't block while a stream has more of its backlog to read or a retry coming due.
         waiting = [c for c in consumers if c.read_backlog]
@@ -132,7 +128,7 @@ class StreamReader:
             count=count,
             block=block_ms,
         )
-        reply = await self._wait_for(call)
+        reply = await self.waits.wait_for(call)
         if self.stopping.is_set() and reply is None:
             return  # abandoned: anything delivered stays pending and is re-read first
         entries_of: dict[str, list[Entry]] = {
@@ -207,17 +203,3 @@ class StreamReader:
         now = time.monotonic()
         first = min((c.not_before for c in consumers), default=now)
         return max(0.001, min(self.settings.block_ms / 1000, first - now))
-
-    async def _wait_for(self, awaitable: Awaitable[Any]) -> Any:
-        """Await ``awaitable`` unless stopping is set first; then cancel it and return None."""
-        if self._stop_waiter is None:  # one waiter for the reader's life, not one per read
-            self._stop_waiter = asyncio.ensure_future(self.stopping.wait())
-        task = asyncio.ensure_future(awaitable)
-        done, _ = await asyncio.wait({task, self._stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        # An abandoned read may still end in an error: collect it rather than lose it.
-        with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-            await task
-        return None

@@ -165,7 +165,7 @@ class Worker:
 
     def _start_consumer(self, connector: str) -> None:
         consumer = StreamConsumer(
-            self.settings, self.redis, self.sink, connector, self.stopping, self.running
+            self.settings, self.redis, self.sink, connector, self.reader.waits, self.running
         )
         self.consumers[connector] = consumer
         self.reader.streams_added.set()
