@@ -33,7 +33,7 @@ from redis.typing import EncodableT, FieldT
 from aam_bridge import metrics
 from aam_dcl import keys
 from aam_dcl.config import Settings
-from aam_dcl.stream_info import create_group, entry_id_key, group_lag
+from aam_dcl.stream_info import as_text, create_group, entry_id_key, group_lag
 
 log = structlog.get_logger("aam_bridge.publisher")
 
@@ -125,7 +125,7 @@ class Publisher:
             return 0, 0
         length = int(stream["length"])
         metrics.STREAM_LENGTH.labels(*self.labels).set(length)
-        names = [_text(g["name"]) for g in groups]
+        names = [as_text(g["name"]) for g in groups]
         if self.group not in names:
             await self.ensure_group()
             self.floor = "0-1"
@@ -183,7 +183,3 @@ def _floor(group: Mapping[str, object], pending: object) -> str:
         if entry_id_key(oldest) < entry_id_key(floor):
             floor = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
     return floor
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -27,6 +27,7 @@ from aam_dcl.config import Settings
 from aam_dcl.messages import Batch, Record, encode
 from aam_dcl.progress import Progress
 from aam_dcl.schema import table_batch
+from aam_dcl.stream_info import as_text
 
 log = structlog.get_logger("aam_bridge.sync")
 
@@ -47,7 +48,7 @@ class SyncState:
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes | str, bytes | str]) -> SyncState:
-        text = {_text(k): _text(v) for k, v in raw.items()}
+        text = {as_text(k): as_text(v) for k, v in raw.items()}
         run_start = text.get("run_start_ms", "")
         return cls(
             run_start_ms=int(run_start) if run_start else None,
@@ -236,7 +237,3 @@ class SyncRunner:
         await self.publisher.publish(payloads, checkpoint)
         metrics.BATCHES_PUBLISHED.labels(*self.labels).inc(len(chunks))
         metrics.RECORDS_PUBLISHED.labels(*self.labels).inc(sum(map(len, chunks)))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -46,3 +46,8 @@ def group_lag(group: Mapping[str, Any], stream: Mapping[str, Any]) -> int:
         return 0
     lag = group.get("lag")
     return length if lag is None else min(length, int(lag))
+
+
+def as_text(value: bytes | str) -> str:
+    """A key, field or name from a Redis reply (bytes without decode_responses) as text."""
+    return value.decode() if isinstance(value, bytes) else value

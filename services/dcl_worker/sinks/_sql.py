@@ -17,6 +17,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from aam_dcl import keys
 from aam_dcl.errors import PoisonBatch, SinkDataError
 from aam_dcl.messages import Batch, Record, fingerprints_conflict
 from aam_dcl.schema import infer_column_type, merge_types
@@ -43,17 +44,12 @@ def batch_version(batch_id: str) -> int:
     fit a bigint, is version 0: it never replaces a versioned row, and among version-0 rows
     the last write wins as before.
     """
-    parts = batch_id.rsplit("_", 2)
-    if len(parts) != 3 or not all(_is_digits(p) for p in parts[1:]):
+    parsed = keys.parse_batch_id(batch_id)
+    if parsed is None:
         return 0
-    run_start_ms, chunk_number = int(parts[1]), int(parts[2])
+    _, run_start_ms, chunk_number = parsed
     version = run_start_ms * _CHUNKS_PER_MS + min(chunk_number, MAX_CHUNK_NUMBER)
     return version if version <= _MAX_VERSION else 0
-
-
-def _is_digits(text: str) -> bool:
-    # ASCII digits only: int() would also take '+5', ' 5' and other scripts' digits.
-    return text.isascii() and text.isdigit()
 
 
 def quote_ident(name: str) -> str:
