@@ -33,6 +33,7 @@ from redis.typing import EncodableT, FieldT
 from aam_bridge import metrics
 from aam_dcl import keys
 from aam_dcl.config import Settings
+from aam_dcl.messages import PAYLOAD_FIELD
 from aam_dcl.stream_info import as_text, create_group, entry_id_key, group_lag
 
 log = structlog.get_logger("aam_bridge.publisher")
@@ -44,13 +45,13 @@ PUBLISH_SCRIPT = """
 local n = tonumber(ARGV[3])
 local ids = {}
 for i = 1, n do
-  ids[i] = redis.call('XADD', KEYS[1], ARGV[1], '~', ARGV[2], '*', 'payload', ARGV[3 + i])
+  ids[i] = redis.call('XADD', KEYS[1], ARGV[1], '~', ARGV[2], '*', 'PAYLOAD', ARGV[3 + i])
 end
 if #ARGV > 3 + n then
   redis.call('HSET', KEYS[2], unpack(ARGV, 4 + n, #ARGV))
 end
 return ids
-"""
+""".replace("'PAYLOAD'", repr(PAYLOAD_FIELD.decode()))
 
 BACKPRESSURE_POLL_S = 0.2
 # Approximate trimming removes whole radix-tree nodes (stream-node-max-entries, 100 by

@@ -286,9 +286,7 @@ def dlq_list(ctx: click.Context, connector: str | None, limit: int, as_json: boo
 
     listing = _ops(ctx, lambda r, t: list_dead_letters(r, t, connector, limit))
     if as_json:
-        rows = [d.to_json() for d in listing.entries]
-        for row in rows:
-            del row["payload"]  # `dlq show` gives it; a listing stays small
+        rows = [d.to_json(with_payload=False) for d in listing.entries]  # a listing stays small
         _echo_json({"totals": listing.totals, "dead_letters": rows})
         return
     total = sum(listing.totals.values())
@@ -317,7 +315,8 @@ def dlq_list(ctx: click.Context, connector: str | None, limit: int, as_json: boo
 @click.pass_context
 def dlq_show(ctx: click.Context, entry_id: str, connector: str, as_json: bool) -> None:
     """One dead letter in full; the payload pretty-printed if it is JSON, else escaped."""
-    from aam_dcl_cli.ops import escaped, get_dead_letter
+    from aam_dcl.dead_letter import escaped
+    from aam_dcl_cli.ops import get_dead_letter
 
     dead = _ops(ctx, lambda r, t: get_dead_letter(r, t, connector, entry_id))
     if as_json:

@@ -12,7 +12,7 @@ import getpass
 import re
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
-from aam_dcl import keys
+from aam_dcl import keys, messages
+from aam_dcl.dead_letter import DeadLetter
 from aam_dcl.errors import AamDclError
 from aam_dcl_cli.inspect import list_streams
 
@@ -58,80 +59,6 @@ def as_text(value: Any) -> str:
 
 
 # --- dead letters ------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class DeadLetter:
-    """One entry of ``aam:dlq:{tenant}:{connector}``, as the worker's finalize script wrote it."""
-
-    entry_id: str
-    connector: str
-    original_id: str
-    source_stream: str
-    batch_id: str
-    payload: bytes
-    deliveries: int
-    error_type: str
-    error: str
-    failed_at_ms: int
-    consumer: str
-
-    @classmethod
-    def from_entry(
-        cls, connector: str, entry_id: bytes | str | None, fields: Mapping[Any, Any] | None
-    ) -> DeadLetter:
-        fields = fields or {}
-
-        def text(name: str) -> str:
-            return as_text(fields.get(name.encode(), b""))
-
-        def number(name: str) -> int:
-            value = text(name)
-            return int(value) if value.isdigit() else 0
-
-        return cls(
-            entry_id=as_text(entry_id),
-            connector=connector,
-            original_id=text("original_id"),
-            source_stream=text("source_stream"),
-            batch_id=text("batch_id"),
-            payload=fields.get(b"payload", b""),
-            deliveries=number("deliveries"),
-            error_type=text("error_type"),
-            error=text("error"),
-            failed_at_ms=number("failed_at_ms"),
-            consumer=text("consumer"),
-        )
-
-    def payload_json(self) -> Any | None:
-        """The payload parsed as JSON, or None when it is not JSON (then show it escaped)."""
-        try:
-            return orjson.loads(self.payload)
-        except orjson.JSONDecodeError:
-            return None
-
-    def to_json(self) -> dict[str, Any]:
-        parsed = self.payload_json()
-        return {
-            "entry_id": self.entry_id,
-            "connector": self.connector,
-            "original_id": self.original_id,
-            "source_stream": self.source_stream,
-            "batch_id": self.batch_id,
-            "deliveries": self.deliveries,
-            "error_type": self.error_type,
-            "error": self.error,
-            "failed_at_ms": self.failed_at_ms,
-            "consumer": self.consumer,
-            "payload_bytes": len(self.payload),
-            "payload_is_json": parsed is not None,
-            "payload": parsed if parsed is not None else escaped(self.payload),
-        }
-
-
-def escaped(raw: bytes) -> str:
-    """Bytes shown safely: valid UTF-8 as text, anything else as backslash escapes."""
-    return raw.decode("utf-8", errors="backslashreplace")
 
 
 @dataclass(slots=True)
@@ -288,7 +215,7 @@ def _queue_replay(pipe: Any, tenant: str, connector: str, dead: DeadLetter) -> N
         pipe.srem(keys.processed_set(tenant), dead.batch_id)
         pipe.zrem(keys.processed_expiry(tenant), dead.batch_id)
     # No MAXLEN here: trimming while re-publishing could cut entries the group has not read.
-    pipe.xadd(keys.stream(tenant, connector), {"payload": dead.payload})
+    pipe.xadd(keys.stream(tenant, connector), messages.entry(dead.payload))
 
 
 def _collect_replay(found: list[DeadLetter], replies: list[Any], result: DeadLetterChange) -> None:

@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aam_dcl import keys
 from aam_dcl.config import Settings
+from aam_dcl.dead_letter import DeadLetter
 from aam_dcl.errors import (
     ForeignConnector,
     FutureBatchId,
@@ -34,11 +35,11 @@ from aam_dcl.errors import (
     SinkDataError,
     SinkUnavailable,
 )
-from aam_dcl.messages import Batch, decode, fingerprints_conflict
+from aam_dcl.messages import Batch, decode, fingerprints_conflict, payload_of
 from aam_dcl.progress import Progress
 from aam_dcl.stream_info import create_group, entry_id_key
 from dcl_worker import metrics
-from dcl_worker.finalize import DeadLetter, Finalizer
+from dcl_worker.finalize import Finalizer
 from dcl_worker.sinks.base import Sink
 
 log = structlog.get_logger("dcl_worker.consumer")
@@ -129,7 +130,6 @@ class StreamConsumer:
         self.stopping = waits.stopping
         self.running = running  # cleared while an operator has paused consumption
         self.finalize = Finalizer(client, self.tenant, connector, settings.idempotency_ttl_s)
-        self.finalize.for_consumer(self.consumer)
         self.labels = (self.tenant, connector)
         self.read_backlog = True  # this consumer's own pending entries are read first
         self.not_before = 0.0  # monotonic time before which it is not read again
@@ -433,16 +433,19 @@ class StreamConsumer:
         batch: Batch | None = None,
     ) -> DeadLetter:
         log.error("dead_lettered", entry_id=entry_id.decode(), reason=error_type, error=error[:300])
-        payload = fields.get(b"payload")
+        payload = payload_of(fields)
         if payload is None:  # keep whatever the producer sent
             payload = b" ".join(k + b"=" + v for k, v in fields.items())
         return DeadLetter(
-            entry_id=entry_id,
+            original_id=entry_id.decode(),
+            source_stream=self.stream,
             batch_id=batch.batch_id if batch else "",
             payload=payload,
             deliveries=deliveries.get(entry_id, 1),
             error_type=error_type,
             error=error,
+            failed_at_ms=int(time.time() * 1000),
+            consumer=self.consumer,
         )
 
     def _observe(self, out: Outcome, started: float) -> None:

@@ -9,15 +9,15 @@ Every batch id in the processed SET gets its own expiry through a companion ZSET
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import redis.asyncio as aioredis
 
 from aam_dcl import keys
+from aam_dcl.dead_letter import DeadLetter
 
 # KEYS: stream, processed SET, expiry ZSET, dead-letter stream
 # ARGV: group, now_ms, ttl_ms, dlq_maxlen, n_ack, n_mark, n_dlq,
-#       <n_ack entry ids>, <n_mark batch ids>, <n_dlq × 8 dead-letter fields>
+#       <n_ack entry ids>, <n_mark batch ids>,
+#       n_dlq × (<2k>, <k field name/value pairs of a DeadLetter>)
 _SCRIPT = """
 local group, now, ttl, dlq_maxlen = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local n_ack, n_mark, n_dlq = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -27,11 +27,9 @@ for _ = 1, n_ack do acks[#acks + 1] = ARGV[i]; i = i + 1 end
 local marks = {}
 for _ = 1, n_mark do marks[#marks + 1] = ARGV[i]; i = i + 1 end
 for _ = 1, n_dlq do
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', dlq_maxlen, '*',
-    'original_id', ARGV[i], 'source_stream', KEYS[1], 'batch_id', ARGV[i + 1],
-    'payload', ARGV[i + 2], 'deliveries', ARGV[i + 3], 'error_type', ARGV[i + 4],
-    'error', ARGV[i + 5], 'failed_at_ms', ARGV[i + 6], 'consumer', ARGV[i + 7])
-  i = i + 8
+  local n_fields = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', dlq_maxlen, '*', unpack(ARGV, i + 1, i + n_fields))
+  i = i + 1 + n_fields
 end
 if n_mark > 0 then
   for j = 1, n_mark, 1000 do
@@ -60,16 +58,6 @@ return acked
 DLQ_MAXLEN = 100_000
 
 
-@dataclass(slots=True)
-class DeadLetter:
-    entry_id: bytes
-    batch_id: str
-    payload: bytes
-    deliveries: int
-    error_type: str
-    error: str
-
-
 class Finalizer:
     """Runs the finalize script for one tenant's connector stream."""
 
@@ -83,11 +71,6 @@ class Finalizer:
         ]
         self._group = keys.group(tenant)
         self._ttl_ms = ttl_s * 1000
-        self._consumer = ""
-
-    def for_consumer(self, consumer: str) -> Finalizer:
-        self._consumer = consumer
-        return self
 
     async def __call__(
         self,
@@ -101,8 +84,6 @@ class Finalizer:
             *ack, *mark,
         ]  # fmt: skip
         for d in dead:
-            args += [
-                d.entry_id, d.batch_id, d.payload, d.deliveries, d.error_type,
-                d.error[:2000], now_ms, self._consumer,
-            ]  # fmt: skip
+            fields = d.fields()
+            args += [len(fields), *fields]
         return int(await self._script(keys=self._keys, args=args))

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aam_dcl import keys
+from aam_dcl.messages import PAYLOAD_FIELD
 
 # Connection set-up a client may send. Not CLIENT SETINFO: Redis 7.0 rejects the rule (it
 # came in 7.2); redis-py ignores the NOPERM it gets for it on connect.
@@ -130,7 +131,7 @@ def probe_commands(
         "client|id": [["CLIENT", "ID"]],
         "watch": each(streams, "WATCH", "{key}"),
         "unwatch": [["UNWATCH"]],
-        "xadd": each(xadd_keys, "XADD", "{key}", "*", "payload", "{}"),
+        "xadd": each(xadd_keys, "XADD", "{key}", "*", PAYLOAD_FIELD.decode(), "{}"),
         "xgroup|create": each(streams, "XGROUP", "CREATE", "{key}", group, "0", "MKSTREAM"),
         "xinfo|groups": each(streams, "XINFO", "GROUPS", "{key}"),
         "xinfo|stream": each(streams, "XINFO", "STREAM", "{key}"),

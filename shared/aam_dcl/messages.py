@@ -8,6 +8,7 @@ the hot path), and unknown fields are ignored so that other producers can add th
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,9 +103,19 @@ def encode(batch: Batch) -> bytes:
     return orjson.dumps(body)
 
 
-def decode(fields: dict[bytes, bytes], max_payload_bytes: int) -> Batch:
+def entry(payload: bytes) -> dict[bytes, bytes]:
+    """A stream entry's fields holding ``payload`` (an encoded batch, or bytes to re-send)."""
+    return {PAYLOAD_FIELD: payload}
+
+
+def payload_of(fields: Mapping[bytes, bytes]) -> bytes | None:
+    """The payload of a stream entry's fields; None if it has none."""
+    return fields.get(PAYLOAD_FIELD)
+
+
+def decode(fields: Mapping[bytes, bytes], max_payload_bytes: int) -> Batch:
     """Parse one stream entry's fields into a Batch, or raise a MessageError saying why not."""
-    raw = fields.get(PAYLOAD_FIELD)
+    raw = payload_of(fields)
     if raw is None:
         raise WrongShape(f"entry has no 'payload' field (fields: {sorted(map(_text, fields))})")
     if len(raw) > max_payload_bytes:
