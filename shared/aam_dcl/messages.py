@@ -3,6 +3,12 @@
 Decoding is the worker's first line of defence: size is checked before parsing, the shape
 is checked with plain type tests (no per-record validation objects: they would dominate
 the hot path), and unknown fields are ignored so that other producers can add their own.
+
+``encode`` writes a ``Decimal`` as its own digits, never through a float.
+
+Optional per-table members beyond the configuration guide's example (producers that don't
+know them are unaffected): ``deleted``, the primary keys of rows deleted at the source, and
+``full_refresh``, the completion marker of a run that read the table in full.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -46,15 +53,39 @@ class TableSchema:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class FullRefresh:
+    """The completion marker of a run that read one table in full.
+
+    The run's chunks of this table are ``{connector}_{run_start_ms}_{first_chunk}`` up to
+    ``first_chunk + chunks - 1``. Once all of them are applied, the table's rows that the
+    run did not write are deleted at the source.
+    """
+
+    run_start_ms: int
+    first_chunk: int
+    chunks: int
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "run_start_ms": self.run_start_ms,
+            "first_chunk": self.first_chunk,
+            "chunks": self.chunks,
+        }
+
+
 @dataclass(slots=True)
 class TableBatch:
-    """One table's part of a batch. ``records`` is None in a schema-only entry."""
+    """One table's part of a batch. ``records`` is None in a schema-only entry; ``deleted``
+    holds primary-key objects of rows deleted at the source."""
 
     name: str
     schema: TableSchema
     samples: list[Record]
     total_count: int
     records: list[Record] | None = None
+    deleted: list[Record] | None = None
+    full_refresh: FullRefresh | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -65,6 +96,10 @@ class TableBatch:
         }
         if self.records is not None:
             out["records"] = self.records
+        if self.deleted is not None:
+            out["deleted"] = self.deleted
+        if self.full_refresh is not None:
+            out["full_refresh"] = self.full_refresh.to_json()
         return out
 
 
@@ -76,7 +111,6 @@ class Batch:
     tables: list[TableBatch]
     tenant_id: str | None = None
     emitted_at: float | None = None  # unix seconds, set by the producer just before XADD
-    final: bool = False  # the last chunk of a sync run
     # The payload's content (payload_fingerprint), set by decode(); None for a batch built in
     # code: a sink then never compares it. Not part of equality: it describes the bytes.
     fingerprint: str | None = field(default=None, compare=False)
@@ -98,9 +132,14 @@ def encode(batch: Batch) -> bytes:
     }
     if batch.tenant_id is not None:
         body["tenant_id"] = batch.tenant_id
-    if batch.final:
-        body["final"] = True
-    return orjson.dumps(body)
+    return orjson.dumps(body, default=_exact_number)
+
+
+def _exact_number(value: Any) -> orjson.Fragment:
+    """orjson's fallback: a Decimal is written as its own digits, never through a float."""
+    if isinstance(value, Decimal) and value.is_finite():
+        return orjson.Fragment(str(value))
+    raise TypeError(f"{value!r} ({type(value).__name__}) has no JSON form")
 
 
 def entry(payload: bytes) -> dict[bytes, bytes]:
@@ -123,14 +162,18 @@ def decode(fields: Mapping[bytes, bytes], max_payload_bytes: int) -> Batch:
             f"payload is {len(raw)} bytes, over AAM_MAX_PAYLOAD_BYTES={max_payload_bytes}"
         )
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        body = loads(raw)
+    except ValueError as exc:  # orjson's and json's decode errors are ValueErrors
         body = _guide_example(raw)
         if body is None:
             raise MalformedJson(f"payload is not valid JSON: {exc}") from None
     batch = from_json(body)
     batch.fingerprint = payload_fingerprint(raw, body)
     return batch
+
+
+def loads(raw: bytes) -> Any:
+    return orjson.loads(raw)
 
 
 def payload_fingerprint(raw: bytes, body: dict[str, Any]) -> str | None:
@@ -152,9 +195,9 @@ def payload_fingerprint(raw: bytes, body: dict[str, Any]) -> str | None:
     if at < 0 and "emitted_at" not in body:
         return _digest(raw)
     value = body.get("emitted_at")
-    if at >= 0 and type(value) in (int, float):
+    if at >= 0 and type(value) in (int, float, Decimal):
         start = at + len(_EMITTED_AT_KEY)
-        encoded = orjson.dumps(value)
+        encoded = str(value).encode() if type(value) is Decimal else orjson.dumps(value)
         end = start + len(encoded)
         tail = raw[end:].rstrip()
         if (
@@ -166,7 +209,9 @@ def payload_fingerprint(raw: bytes, body: dict[str, Any]) -> str | None:
             view = memoryview(raw)
             return _digest(view[:at], view[end:])
     try:
-        normal = orjson.dumps({k: v for k, v in body.items() if k != "emitted_at"})
+        normal = orjson.dumps(
+            {k: v for k, v in body.items() if k != "emitted_at"}, default=_exact_number
+        )
     except orjson.JSONEncodeError:
         return None
     return _digest(normal)
@@ -216,8 +261,7 @@ def from_json(body: Any) -> Batch:
         connector_config_id=config_id if isinstance(config_id, str) else connector,
         tables=[_table(batch_id, i, t) for i, t in enumerate(tables)],
         tenant_id=body.get("tenant_id") if isinstance(body.get("tenant_id"), str) else None,
-        emitted_at=float(emitted_at) if isinstance(emitted_at, int | float) else None,
-        final=body.get("final") is True,
+        emitted_at=float(emitted_at) if isinstance(emitted_at, int | float | Decimal) else None,
     )
 
 
@@ -250,6 +294,9 @@ def _table(batch_id: str, index: int, body: Any) -> TableBatch:
         if set(map(type, records)) - {dict}:  # C speed; find the culprit only when there is one
             n = next(i for i, r in enumerate(records) if type(r) is not dict)
             raise WrongShape(f"{where} ({name}): records[{n}] must be an object")
+    deleted = body.get("deleted")
+    if deleted is not None and (not isinstance(deleted, list) or set(map(type, deleted)) - {dict}):
+        raise WrongShape(f"{where} ({name}): 'deleted' must be a list of primary-key objects")
     samples = body.get("samples")
     stats = body.get("stats")
     total = stats.get("total_count") if isinstance(stats, dict) else None
@@ -260,7 +307,23 @@ def _table(batch_id: str, index: int, body: Any) -> TableBatch:
         samples=[s for s in samples if isinstance(s, dict)] if isinstance(samples, list) else [],
         total_count=total if isinstance(total, int) else len(records or []),
         records=records,
+        deleted=deleted,
+        full_refresh=_full_refresh(body.get("full_refresh"), f"{where} ({name})"),
     )
+
+
+def _full_refresh(body: Any, where: str) -> FullRefresh | None:
+    if body is None:
+        return None
+    fields: dict[str, Any] = body if isinstance(body, dict) else {}
+    values: list[Any] = [fields.get(n) for n in ("run_start_ms", "first_chunk", "chunks")]
+    if not all(type(v) is int and v >= 0 for v in values) or values[1] < 1:
+        raise WrongShape(
+            f"{where}: 'full_refresh' must be an object of integers run_start_ms >= 0, "
+            "first_chunk >= 1 and chunks >= 0"
+        )
+    run_start_ms, first_chunk, chunks = values
+    return FullRefresh(run_start_ms, first_chunk, chunks)
 
 
 def _required_str(body: dict[str, Any], key: str, where: str) -> str:

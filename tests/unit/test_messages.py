@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import orjson
 import pytest
 
 from aam_dcl.errors import MalformedJson, PayloadTooLarge, WrongShape
-from aam_dcl.messages import Batch, decode, encode
+from aam_dcl.messages import Batch, FullRefresh, decode, encode
 from aam_dcl.schema import table_batch
 
 # Verbatim from the configuration guide's "Message Format" section (the JSON string value).
@@ -107,3 +109,42 @@ def test_deeply_nested_json_is_rejected_not_crashing() -> None:
     deep = b"[" * 5000 + b"]" * 5000
     with pytest.raises(MalformedJson):
         decode({b"payload": deep}, MAX)
+
+
+def test_deleted_keys_and_the_full_refresh_marker_round_trip() -> None:
+    table = table_batch("deals", [], primary_key=["id"], max_samples=0)
+    table.deleted = [{"id": "7"}, {"id": "9"}]
+    table.full_refresh = FullRefresh(run_start_ms=1762299908994, first_chunk=3, chunks=2)
+    original = Batch("hs_1762299908994_5", "hs", "hs-1", [table], emitted_at=1.0)
+    decoded = decode({b"payload": encode(original)}, MAX)
+    assert decoded == original
+    assert decoded.tables[0].deleted == [{"id": "7"}, {"id": "9"}]
+
+
+@pytest.mark.parametrize(
+    ("member", "value"),
+    [
+        ("deleted", {"id": 1}),
+        ("deleted", [["1"]]),
+        ("full_refresh", {"run_start_ms": 1, "first_chunk": 0, "chunks": 1}),
+        ("full_refresh", {"run_start_ms": 1, "first_chunk": 1}),
+        ("full_refresh", {"run_start_ms": "1", "first_chunk": 1, "chunks": 1}),
+        ("full_refresh", [1, 1, 1]),
+    ],
+)
+def test_a_malformed_deleted_list_or_marker_is_wrong_shape_naming_it(
+    member: str, value: object
+) -> None:
+    body = orjson.loads(GUIDE_PAYLOAD.replace("[...]", "[]"))
+    body["tables"][0][member] = value
+    with pytest.raises(WrongShape, match=f"opportunities.*'{member}'"):
+        decode({b"payload": orjson.dumps(body)}, MAX)
+
+
+def test_a_decimal_is_encoded_as_its_own_digits() -> None:
+    records = [{"id": "1", "amount": Decimal("1129863635.240000000000000001")}]
+    batch = Batch("x_1_1", "x", "x", [table_batch("t", records, max_samples=0)], emitted_at=1.0)
+    assert b'"amount":1129863635.240000000000000001' in encode(batch)
+    records[0]["amount"] = Decimal("NaN")
+    with pytest.raises(orjson.JSONEncodeError, match="Decimal"):  # NaN has no JSON form
+        encode(batch)
