@@ -34,10 +34,15 @@ class TableSpec:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """Records read from a table, and the cursor that resumes right after them."""
+    """Records read from a table, and the cursor that resumes right after them.
+
+    ``deleted`` holds the primary-key objects (``{key column: value}``) of rows the source
+    reports deleted since the cursor the read started from; the store marks them deleted.
+    """
 
     records: list[Record]
     cursor: str | None
+    deleted: list[Record] = field(default_factory=list)
 
 
 class Connector(ABC):
@@ -60,8 +65,11 @@ class Connector(ABC):
 
     @abstractmethod
     def read(self, table: TableSpec, cursor: str | None) -> AsyncIterator[Page]:
-        """Yield the records changed after ``cursor`` (None: everything), in a stable order.
+        """Yield the records changed after ``cursor`` (None: everything), in a stable order,
+        and the keys of rows deleted after it, if the source reports deletes.
 
         Reading twice from the same cursor must yield the same records while the source is
-        unchanged. The last page's cursor becomes the table's cursor for the next run.
+        unchanged. The last page's cursor becomes the table's cursor for the next run. A
+        cursor is an opaque string to the bridge: a connector may keep more in it than a
+        position (a compound key, a delta link), as long as it fits one Redis hash value.
         """
