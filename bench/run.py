@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py [--quick] [--only transport,postgres,latency,memory]
 
-Starts a private Redis on a free loopback port (never 6379), runs the cases of DESIGN §6
+Starts a private Redis on a free loopback port (never 6379), runs the benchmark cases
 (cases.py), prints a table of records/s and ratios against the targets, and writes
 bench/results/latest.json and latest.md. Numbers are measurements of this machine at this
 moment: compare ratios between systems of the same run, not absolute numbers across runs.

@@ -1,4 +1,4 @@
-"""Rows/s of each sink against a raw COPY baseline (DESIGN §6/§7: PostgreSQL sink >= 0.5x COPY).
+"""Rows/s of each sink against a raw COPY baseline (the bar: the PostgreSQL sink at >= 0.5x COPY).
 
     .venv/bin/python bench/sink_speed.py [--rows 100000] [--pg-dsn postgresql://...]
 

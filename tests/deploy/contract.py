@@ -1,5 +1,5 @@
-"""The metric names of the daemons' contract (DESIGN.md section 3), and a small
-PromQL reader that lists the metric names an expression selects."""
+"""The metric names of the daemons' contract, and a small PromQL reader that lists the metric
+names an expression selects."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fuzzing the worker's input (DESIGN §4.4, §4.7): whatever a producer XADDs, nothing stalls.
+"""Fuzzing the worker's input: whatever a producer XADDs, nothing stalls.
 
 A pure property of ``aam_dcl.messages.decode`` (any bytes: a Batch or a MessageError, never
 anything else), then an in-process worker fed arbitrary bytes, arbitrary JSON and near-valid

@@ -1,4 +1,4 @@
-"""rediss:// is TLS with the server certificate verified, by default (DESIGN §4.7)."""
+"""rediss:// is TLS with the server certificate verified, by default."""
 
 from __future__ import annotations
 
