@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from itertools import chain
 from operator import itemgetter, methodcaller
@@ -76,9 +76,20 @@ def infer_column_type(values: Sequence[Any]) -> str:
     return result or "string"
 
 
-def infer_schema(records: Sequence[Record], primary_key: Sequence[str] = ()) -> TableSchema:
-    """Columns in order of first appearance, typed over all given records."""
+def infer_schema(
+    records: Sequence[Record],
+    primary_key: Sequence[str] = (),
+    declared: Mapping[str, str] | None = None,
+) -> TableSchema:
+    """Columns in order of first appearance, typed over all given records; a column in
+    ``declared`` has that type (the source's own) without looking at its values."""
     names = list(dict.fromkeys(chain.from_iterable(records)))  # C speed, first-seen order
+    if declared:
+        unknown = [n for n in names if n not in declared]
+        found = dict(zip(unknown, map(infer_column_type, _columns(records, unknown)), strict=True))
+        return TableSchema(
+            [Column(n, declared.get(n) or found[n]) for n in names], list(primary_key)
+        )
     columns = [
         Column(n, infer_column_type(values))
         for n, values in zip(names, _columns(records, names), strict=True)
@@ -104,11 +115,13 @@ def table_batch(
     max_samples: int,
     total_count: int | None = None,
     with_records: bool = True,
+    column_types: Mapping[str, str] | None = None,
 ) -> TableBatch:
-    """A table's part of a stream entry: schema, up to ``max_samples`` samples and stats."""
+    """A table's part of a stream entry: schema, up to ``max_samples`` samples and stats.
+    ``column_types`` are declared types (see ``infer_schema``)."""
     return TableBatch(
         name=name,
-        schema=infer_schema(records, primary_key),
+        schema=infer_schema(records, primary_key, column_types),
         samples=records[:max_samples],
         total_count=len(records) if total_count is None else total_count,
         records=records if with_records else None,

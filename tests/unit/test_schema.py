@@ -57,3 +57,15 @@ def test_table_batch_caps_samples_and_counts() -> None:
     assert body["stats"] == {"total_count": 20, "sample_count": 8}
     assert body["schema"]["primary_key"] == ["id"]
     assert len(body["records"]) == 20
+
+
+def test_declared_column_types_win_over_values_and_cover_all_null_chunks() -> None:
+    records = [{"id": 1, "amount": None, "note": "x"}, {"id": 2, "amount": None, "note": None}]
+    schema = infer_schema(records, ["id"], declared={"amount": "numeric", "id": "string"})
+    assert [(c.name, c.type) for c in schema.columns] == [
+        ("id", "string"),  # the source says string: kept even though the values are ints
+        ("amount", "numeric"),  # all null here, still numeric
+        ("note", "string"),  # not declared: inferred
+    ]
+    part = table_batch("t", records, max_samples=0, column_types={"amount": "numeric"})
+    assert part.schema.columns[1].type == "numeric"

@@ -8,7 +8,7 @@ bridge can checkpoint after every chunk and resume a killed run without a gap or
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -28,8 +28,14 @@ class ConnectorConfig:
 
 @dataclass(frozen=True, slots=True)
 class TableSpec:
+    """A table the connector reads. ``column_types`` are the source's own types (a catalog,
+    a describe call), in the message format's names; columns not in it are inferred from
+    the records' values. A declared type keeps a column's type right in a chunk where the
+    column happens to be all null."""
+
     name: str
     primary_key: tuple[str, ...] = ()
+    column_types: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
