@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import duckdb
 import orjson
 import pytest
 
@@ -68,12 +69,14 @@ class Store:
             finally:
                 await con.close()
 
-        def run(con: Any) -> list[dict[str, Any]]:
-            cur = con.execute(sql)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        def run() -> list[dict[str, Any]]:
+            with duckdb.connect(self.sink.path) as con:  # shares the sink's database instance
+                con.execute(f"SET schema = '{self.sink.schema}'")
+                cur = con.execute(sql)
+                names = [d[0] for d in cur.description or []]
+                return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
-        return await self.sink._run(run)
+        return await asyncio.to_thread(run)
 
     async def rows(self, table: str = "crm__contacts", order: str = "id") -> list[dict[str, Any]]:
         return await self.query(f'SELECT * FROM "{table}" ORDER BY {order}')

@@ -76,10 +76,6 @@ def first_column(
     return [str(row[0]) for row in con.execute(sql, params or []).fetchall()]
 
 
-def qualified(schema: str, table: str) -> str:
-    return f"{quote_ident(schema)}.{quote_ident(table)}"
-
-
 def read_table(con: duckdb.DuckDBPyConnection, table: str) -> TableInfo | None:
     rows = con.execute(
         "SELECT column_name, data_type FROM information_schema.columns "

@@ -60,6 +60,10 @@ def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def qualified(schema: str, table: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(table)}"
+
+
 def store_table_name(connector: str, table: str) -> str:
     return f"{connector}__{table}"
 
@@ -372,18 +376,3 @@ def unique_batches(batches: Sequence[Batch]) -> list[Batch]:
             seen.add(batch.batch_id)
             out.append(batch)
     return out
-
-
-def upsert_clause(primary_key: Sequence[str], updates: Sequence[str], target: str) -> str:
-    """``ON CONFLICT ... DO UPDATE`` that never lets an older version replace a newer row.
-
-    ``target`` is the alias the INSERT gives the table. ``>=`` rather than ``>``: a re-sent
-    copy of the stored batch (equal version) writes the same values again, and version-0 rows
-    (ids of another format) keep last-write-wins among themselves.
-    """
-    keys = ", ".join(map(quote_ident, primary_key))
-    sets = ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in updates)
-    return (
-        f"ON CONFLICT ({keys}) DO UPDATE SET {sets} "
-        f"WHERE {target}.{VERSION_COLUMN} <= excluded.{VERSION_COLUMN}"
-    )

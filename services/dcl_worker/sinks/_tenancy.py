@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 
-from aam_dcl.errors import ConfigError
+from aam_dcl.errors import ConfigError, SinkDataError
+from dcl_worker.sinks._sql import check_table_name
 
 DEFAULT_TENANT = "default"
 OWNER_TABLE = "_dcl_owner"
@@ -40,6 +41,18 @@ def tenant_schema(tenant: str, default_schema: str) -> str:
         return name
     digest = hashlib.blake2b(tenant.encode(), digest_size=8).hexdigest()
     return f"{SCHEMA_PREFIX}{tenant[:_KEEP_CHARS]}_{digest}"
+
+
+def url_schema(schema: str) -> str:
+    """``schema`` as ``?schema=`` in DCL_SINK_URL names it; ConfigError if it cannot be one."""
+    try:
+        check_table_name(schema, "-")
+    except SinkDataError:
+        raise ConfigError(
+            f"DCL_SINK_URL has an invalid schema={schema!r}: use 1-63 bytes without control "
+            "characters"
+        ) from None
+    return schema
 
 
 def check_owner(schema: str, tenant: str, owners: list[str], others_in_inbox: list[str]) -> bool:

@@ -1,13 +1,17 @@
 """``duckdb://<path>``: the embedded DCL store, one DuckDB file.
 
-DuckDB is synchronous: every call runs in a worker thread, one at a time (an asyncio.Lock),
-because several stream loops share one sink. Rows go in bulk: a write's records are dumped
-as NDJSON (one line per batch) next to the database and loaded with one
-``INSERT ... SELECT ... FROM read_json(...)`` per table, with explicit column types;
-parameterised executemany manages about 400 rows/s. A spool file is named after the
-database and this process, so open() can remove what a crashed process left behind.
-Tables and inbox live in the tenant's schema (``_tenancy``); the connection's default
-schema is set to it, so the SQL below names tables without a schema.
+The write sequence is ``SqlSink``'s (``_template``). This module owns the connection, the
+tenant's schema at open(), the NDJSON bulk load, and the one mapping of DuckDB's exceptions
+(``translate_duckdb``); the catalog and DDL are ``_duckdb_catalog``'s.
+
+DuckDB is synchronous: every call runs in a worker thread (``_in_thread``), and one call at a
+time holds the connection (an asyncio.Lock, for a write's whole transaction), because several
+stream loops share one sink. Rows go in bulk: a table's records are dumped as NDJSON (one
+line per batch) next to the database and read by the merge with ``read_json(...)`` and
+explicit column types; parameterised executemany manages about 400 rows/s. A spool file is
+named after the database and this process, so open() can remove what a crashed process left
+behind. Tables and inbox live in the tenant's schema (``_tenancy``); the connection's default
+schema is set to it, so the catalog SQL names tables without a schema.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import duckdb
 import orjson
@@ -32,7 +37,6 @@ from dcl_worker.sinks._duckdb_catalog import (
     TYPES,
     alter_table,
     first_column,
-    qualified,
     read_table,
     stored_schema,
     table_exists,
@@ -42,27 +46,27 @@ from dcl_worker.sinks._sql import (
     BATCH_ID_COLUMN,
     DEFAULT_MAX_COLUMNS,
     INBOX_TABLE,
-    INGESTED_AT_COLUMN,
     VERSION_COLUMN,
+    TableChange,
     TableInfo,
     TableWrite,
-    check_fingerprints,
-    check_table_name,
-    plan_table,
-    plan_writes,
+    qualified,
     quote_ident,
     quote_literal,
-    table_collision,
-    unique_batches,
-    upsert_clause,
 )
-from dcl_worker.sinks._tenancy import OWNER_TABLE, adopt_legacy, check_owner, tenant_schema
-from dcl_worker.sinks.base import Sink
+from dcl_worker.sinks._template import SqlSink, Staged, first_line
+from dcl_worker.sinks._tenancy import (
+    OWNER_TABLE,
+    adopt_legacy,
+    check_owner,
+    tenant_schema,
+    url_schema,
+)
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 _SEQ, _POS, _ROWS, _ROW = "_dcl_seq", "_dcl_pos", "_dcl_rows", "_dcl_row"
-_TARGET = "_dcl_target"  # the INSERT's alias for the data table, for the upsert's WHERE
 _MIN_OBJECT_BYTES = 16 * 1024 * 1024  # read_json's default maximum_object_size
 DEFAULT_SCHEMA = "main"
 # Spool files are .dcl-{database file}-{process}-{uuid}.ndjson: a file of this database that
@@ -86,6 +90,22 @@ _UNAVAILABLE = (
 _BROKEN = (duckdb.FatalException, duckdb.InternalException, duckdb.ConnectionException)
 
 
+def translate_duckdb(
+    exc: Exception, path: str, what: str, *, opening: bool = False
+) -> SinkError | None:
+    """Our error for a DuckDB (or file system) exception; None for any other exception.
+
+    The file unusable now (I/O, a lock, memory, a broken database, a spool file that cannot
+    be written), or anything while opening it: SinkUnavailable, retried. Any other DuckDB
+    error rejects the data: SinkDataError.
+    """
+    if not isinstance(exc, duckdb.Error | OSError):
+        return None
+    if opening or isinstance(exc, (*_UNAVAILABLE, OSError)):
+        return SinkUnavailable(f"DuckDB file {path}: {what}: {exc}")
+    return SinkDataError(f"DuckDB rejected the write: {what}: {exc}")
+
+
 def parse_duckdb_url(url: str) -> tuple[str, str | None]:
     """(file path, the schema a trailing ``?schema=NAME`` names, or None: the tenant's).
 
@@ -95,14 +115,7 @@ def parse_duckdb_url(url: str) -> tuple[str, str | None]:
     schema = None
     head, sep, query = path.rpartition("?schema=")
     if sep and head:
-        path, schema = head, query
-        try:
-            check_table_name(schema, "-")
-        except SinkDataError:
-            raise ConfigError(
-                f"DCL_SINK_URL has an invalid schema={schema!r}: use 1-63 bytes without "
-                "control characters"
-            ) from None
+        path, schema = head, url_schema(query)
     if not path:
         raise ConfigError(
             f"DCL_SINK_URL={url!r} has no file path: use duckdb:///abs/dcl.duckdb "
@@ -111,58 +124,54 @@ def parse_duckdb_url(url: str) -> tuple[str, str | None]:
     return path, schema
 
 
-class _RowsRejected(Exception):
-    """DuckDB refused a table's rows; carries what is needed to name the culprit column."""
+@dataclass(slots=True)
+class _Session:
+    """The connection, held for one call, and the spool files of the write in progress."""
 
-    def __init__(self, tw: TableWrite, path: str, types: dict[str, str], exc: duckdb.Error):
-        super().__init__(str(exc))
-        self.tw, self.path, self.types, self.exc = tw, path, types, exc
+    con: duckdb.DuckDBPyConnection
+    spooled: list[str] = field(default_factory=list)
 
 
-class DuckDBSink(Sink):
+class DuckDBSink(SqlSink[_Session]):
     scheme = "duckdb"
+    store = "DuckDB"
+    default_schema = DEFAULT_SCHEMA
 
     def __init__(self, url: str, tenant: str, *, max_columns: int = DEFAULT_MAX_COLUMNS) -> None:
-        super().__init__(url, tenant, max_columns=max_columns)
-        self.path, self._explicit_schema = parse_duckdb_url(url)
-        # The rule's schema; open() takes the stored spelling, or an older store's main.
-        self.schema = self._explicit_schema or tenant_schema(tenant, DEFAULT_SCHEMA)
+        self.path, schema = parse_duckdb_url(url)
+        super().__init__(url, tenant, max_columns=max_columns, schema=schema)
         memory = self.path == ":memory:"
         self._spool_dir = tempfile.gettempdir() if memory else os.path.dirname(self.path) or "."
         self._spool_prefix = f".dcl-{'memory' if memory else os.path.basename(self.path)}-"
         self._con: duckdb.DuckDBPyConnection | None = None
         self._opened = False
         self._lock = asyncio.Lock()
-        self._tables: dict[str, TableInfo] = {}  # committed knowledge only
 
-    # --- lifecycle ------------------------------------------------------------------------
+    # --- lifecycle, in the worker thread ------------------------------------------------------
 
     async def open(self) -> None:
         async with self._lock:
             if self._con is None:
-                self._con = await asyncio.to_thread(self._connect)
+                self._con = await _in_thread(self._connect)
             self._opened = True
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         if self.path != ":memory:":
             self._check_path()
-        try:
+        with self._boundary("cannot open the file", opening=True):
             con = duckdb.connect(self.path)
-        except (duckdb.Error, OSError) as exc:
-            raise SinkUnavailable(f"cannot open DuckDB file {self.path}: {exc}") from exc
+        prepared = False
         try:
-            con.execute("SET TimeZone = 'UTC'")  # naive datetimes are read as UTC
-            con.begin()
-            schema = self._claim_schema(con, self._choose_schema(con))
-            con.commit()
-            con.execute(f"SET schema = {quote_literal(schema)}")
-        except BaseException as exc:
-            with contextlib.suppress(duckdb.Error):
-                con.rollback()
-            con.close()
-            if isinstance(exc, duckdb.Error):
-                raise SinkUnavailable(f"cannot prepare DuckDB file {self.path}: {exc}") from exc
-            raise
+            with self._boundary("cannot prepare the file", opening=True):
+                con.execute("SET TimeZone = 'UTC'")  # naive datetimes are read as UTC
+                con.begin()
+                schema = self._claim_schema(con, self._choose_schema(con))
+                con.commit()
+                con.execute(f"SET schema = {quote_literal(schema)}")
+            prepared = True
+        finally:
+            if not prepared:
+                con.close()  # an open transaction is rolled back with it
         self.schema = schema
         if self.path != ":memory:":  # the temp directory's spool files are anyone's
             self._remove_leftover_spools()
@@ -261,195 +270,175 @@ class DuckDBSink(Sink):
             self._opened = False
             self._tables.clear()
             if con is not None:
-                await asyncio.to_thread(con.close)
+                await _in_thread(con.close)
 
-    async def ping(self) -> None:
-        await self._run(lambda con: con.execute("SELECT 1").fetchall())
+    def _translate(self, exc: Exception, what: str, *, opening: bool = False) -> SinkError | None:
+        return translate_duckdb(exc, self.path, what, opening=opening)
 
-    async def write(self, batches: Sequence[Batch]) -> set[str]:
-        todo = unique_batches(batches)
-        return await self._run(lambda con: self._write(con, todo))
+    def _name(self, table: str) -> str:
+        # The connection's default schema is the tenant's; "x"."t" could name a catalog x.
+        return quote_ident(table)
 
-    async def count_rows(self) -> dict[str, int]:
-        """Rows per data table (the inbox and the owner record excluded)."""
-        return await self._run(self._count_rows)
+    # --- the template's hooks: each runs its DuckDB calls in the worker thread ------------------
 
-    async def _run(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """Run ``fn`` in a thread, one call at a time; the lock is held until the thread ends."""
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Session]:
         async with self._lock:
             if self._con is None:
                 if not self._opened:
                     raise SinkUnavailable("the DuckDB sink is not open: call open() first")
-                self._con = await asyncio.to_thread(self._connect)
+                self._con = await _in_thread(self._connect)
             con = self._con
-            task = asyncio.ensure_future(asyncio.to_thread(fn, con))
             try:
-                return await asyncio.shield(task)
-            except asyncio.CancelledError:
-                # The thread cannot be stopped; keep others off the connection until it ends.
-                await asyncio.wait({task})
+                yield _Session(con)
+            except _BROKEN:
+                self._con = None  # DuckDB invalidated the database: reconnect on the next call
+                self._tables.clear()
+                await _in_thread(con.close)
                 raise
-            except _UNAVAILABLE as exc:
-                if isinstance(exc, _BROKEN):
-                    self._con = None
-                    self._tables.clear()
-                    await asyncio.to_thread(con.close)
-                raise SinkUnavailable(f"DuckDB file {self.path} is unusable: {exc}") from exc
 
-    # --- the write, in the worker thread ----------------------------------------------------
-
-    def _write(self, con: duckdb.DuckDBPyConnection, batches: list[Batch]) -> set[str]:
-        if not batches:
-            return set()
-        ids = [b.batch_id for b in batches]
-        known: dict[str, TableInfo] = {}
-        spooled: list[str] = []
-        con.begin()
+    @contextlib.asynccontextmanager
+    async def _transaction(self, s: _Session) -> AsyncIterator[None]:
+        await _in_thread(s.con.begin)
+        committed = False
         try:
-            rows = con.execute(
-                f"SELECT batch_id, fingerprint FROM {INBOX_TABLE} "
-                "WHERE batch_id IN (SELECT unnest(?))",
-                [ids],
-            ).fetchall()
-            stored = {row[0]: row[1] for row in rows}
-            check_fingerprints(batches, stored)
-            duplicates = set(stored)
-            fresh = [b for b in batches if b.batch_id not in duplicates]
-            if fresh:
-                con.execute(
-                    f"INSERT INTO {INBOX_TABLE} (batch_id, tenant, connector, applied_at, "
-                    "record_count, fingerprint) SELECT unnest(?::VARCHAR[]), ?, "
-                    "unnest(?::VARCHAR[]), now(), unnest(?::INTEGER[]), unnest(?::VARCHAR[])",
-                    [
-                        [b.batch_id for b in fresh],
-                        self.tenant,
-                        [b.connector for b in fresh],
-                        [b.record_count for b in fresh],
-                        [b.fingerprint for b in fresh],
-                    ],
-                )
-                for tw in plan_writes(fresh, self.max_columns):
-                    known[tw.table] = self._apply(con, tw, spooled)
-            con.commit()
-        except BaseException as exc:
-            self._rollback(con)
-            if isinstance(exc, _RowsRejected):
-                raise self._rejected(con, exc) from exc.exc
-            if isinstance(exc, _UNAVAILABLE):
-                raise  # _run maps these (and reconnects when the database is broken)
-            if isinstance(exc, duckdb.Error):
-                raise SinkDataError(f"DuckDB rejected batches {_ids(ids)}: {exc}") from exc
-            if isinstance(exc, OSError):
-                raise SinkUnavailable(f"cannot spool rows next to {self.path}: {exc}") from exc
-            raise
+            yield
+            await _in_thread(s.con.commit)
+            committed = True
         finally:
-            for path in spooled:
-                _remove(path)
-        self._tables.update(known)
-        return duplicates
+            await _in_thread(_finish, s, committed)
 
-    def _rollback(self, con: duckdb.DuckDBPyConnection) -> None:
-        # DuckDB may have aborted the transaction already: nothing left to roll back then.
-        with contextlib.suppress(duckdb.Error):
-            con.rollback()
+    async def _claim_batches(self, s: _Session, batches: list[Batch]) -> dict[str, str | None]:
+        return await _in_thread(_claim, s.con, self.tenant, batches)
 
-    def _apply(
-        self, con: duckdb.DuckDBPyConnection, tw: TableWrite, spooled: list[str]
-    ) -> TableInfo:
-        info = self._tables.get(tw.table) or read_table(con, tw.table)
-        if info is None:
-            other = table_of_other_case(con, tw.table)
-            if other is not None:
-                raise table_collision(tw, other)
-        change = plan_table(info, tw, self.max_columns)
-        if change.needed:
-            alter_table(con, tw.table, change)
-        if tw.parts:
-            name = f"{self._spool_prefix}{_PROCESS}-{uuid.uuid4().hex}.ndjson"
-            path = os.path.join(self._spool_dir, name)
-            spooled.append(path)
-            self._insert(con, tw, change.info, path)
-        return change.info
+    async def _read_table(self, s: _Session, table: str) -> TableInfo | None:
+        return await _in_thread(read_table, s.con, table)
 
-    def _insert(
-        self, con: duckdb.DuckDBPyConnection, tw: TableWrite, info: TableInfo, path: str
-    ) -> None:
-        try:
-            lines = [
-                orjson.dumps(
-                    {
-                        _SEQ: n,
-                        BATCH_ID_COLUMN: p.batch_id,
-                        VERSION_COLUMN: p.version,
-                        _ROWS: p.records,
-                    }
-                )
-                for n, p in enumerate(tw.parts)
-            ]
-        except TypeError as exc:  # orjson.JSONEncodeError: a value JSON cannot hold
-            raise SinkDataError(f"{tw.where()}: a record cannot be encoded: {exc}") from exc
-        with open(path, "wb") as f:
-            f.write(b"\n".join(lines))
-        columns = list(dict.fromkeys([*tw.columns, *info.primary_key]))
-        types = {c: TYPES.get(info.columns.get(c, "string"), "VARCHAR") for c in columns}
-        source = _read_json(path, types, max(map(len, lines)))
-        fields = ", ".join(f"{_ROW}.{quote_ident(c)} AS {quote_ident(c)}" for c in columns)
-        names = ", ".join(quote_ident(c) for c in columns)
+    async def _table_of_other_case(self, s: _Session, table: str) -> str | None:
+        return await _in_thread(table_of_other_case, s.con, table)
+
+    async def _alter_table(self, s: _Session, table: str, change: TableChange) -> None:
+        await _in_thread(alter_table, s.con, table, change)
+
+    async def _stage(self, s: _Session, tw: TableWrite, logical: dict[str, str], n: int) -> Staged:
+        """Spool the rows as NDJSON; the merge reads them with the table's column types."""
+        name = f"{self._spool_prefix}{_PROCESS}-{uuid.uuid4().hex}.ndjson"
+        path = os.path.join(self._spool_dir, name)
+        s.spooled.append(path)
+        longest_line = await _in_thread(_spool, path, tw)
+        types = {c: TYPES[kind] for c, kind in logical.items()}
+        fields = ", ".join(f"{_ROW}.{quote_ident(c)} AS {quote_ident(c)}" for c in types)
         rows = (
             f"SELECT {_SEQ}, {_POS}, {BATCH_ID_COLUMN}, {VERSION_COLUMN}, {fields} FROM ("
             f"SELECT {_SEQ}, {BATCH_ID_COLUMN}, {VERSION_COLUMN}, unnest({_ROWS}) AS {_ROW}, "
-            f"generate_subscripts({_ROWS}, 1) AS {_POS} FROM {source})"
+            f"generate_subscripts({_ROWS}, 1) AS {_POS} "
+            f"FROM {_read_json(path, types, longest_line)})"
         )
-        meta = [BATCH_ID_COLUMN, VERSION_COLUMN, INGESTED_AT_COLUMN]
-        target = f"INSERT INTO {quote_ident(tw.table)} AS {_TARGET} ({names}, {', '.join(meta)})"
-        values = f"{names}, {BATCH_ID_COLUMN}, {VERSION_COLUMN}, now()"
-        pk = info.primary_key
-        if pk:
-            keys = ", ".join(quote_ident(c) for c in pk)
-            updates = [c for c in columns if c not in pk] + meta
-            # One row per key: the newest version, then the last in stream order.
-            sql = (
-                f"{target} SELECT DISTINCT ON ({keys}) {values} FROM ({rows}) "
-                f"ORDER BY {keys}, {VERSION_COLUMN} DESC, {_SEQ} DESC, {_POS} DESC "
-                + upsert_clause(pk, updates, _TARGET)
-            )
-        else:
-            sql = f"{target} SELECT {values} FROM ({rows})"
-        try:
-            con.execute(sql)
-        except (duckdb.ConversionException, duckdb.InvalidInputException) as exc:
-            raise _RowsRejected(tw, path, types, exc) from exc
-        except duckdb.Error as exc:
-            if isinstance(exc, _UNAVAILABLE):
-                raise
-            raise SinkDataError(f"{tw.where()}: DuckDB rejected the rows: {exc}") from exc
+        return Staged(
+            source=f"({rows}) s",
+            exprs={c: f"s.{quote_ident(c)}" for c in types},
+            tiebreak=[_SEQ, _POS],
+            casts={c: t for c, t in types.items() if t != "VARCHAR"},  # JSON converts to text
+            location=path,
+        )
 
-    def _rejected(self, con: duckdb.DuckDBPyConnection, err: _RowsRejected) -> SinkError:
-        """Name the column whose values DuckDB could not convert (probing one column at a time)."""
-        for column, sql_type in err.types.items():
-            if sql_type == "VARCHAR":
-                continue  # any JSON value converts to text
-            probe = _read_json(err.path, {column: sql_type}, _MIN_OBJECT_BYTES)
-            try:
-                con.execute(f"SELECT count({_ROWS}) FROM {probe}").fetchall()
-            except (duckdb.ConversionException, duckdb.InvalidInputException) as exc:
-                return SinkDataError(
-                    f"{err.tw.where(column)}: a value is not a valid {sql_type}: {_first_line(exc)}"
-                )
-        return SinkDataError(f"{err.tw.where()}: DuckDB rejected the rows: {_first_line(err.exc)}")
+    async def _merge(self, s: _Session, sql: str) -> None:
+        await _in_thread(s.con.execute, sql)
 
-    def _count_rows(self, con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-        names = con.execute(
+    async def _probe(self, s: _Session, staged: Staged, column: str) -> str | None:
+        return await _in_thread(_probe, s.con, staged.location, column, staged.casts[column])
+
+    async def _scalar(self, s: _Session, sql: str) -> Any:
+        return await _in_thread(_scalar, s.con, sql)
+
+    async def _data_tables(self, s: _Session) -> list[str]:
+        return await _in_thread(
+            first_column,
+            s.con,
             "SELECT table_name FROM information_schema.tables WHERE table_schema = "
             "current_schema() AND table_type = 'BASE TABLE' AND table_name NOT IN (?, ?) "
             "ORDER BY 1",
             [INBOX_TABLE, OWNER_TABLE],
-        ).fetchall()
-        out: dict[str, int] = {}
-        for (name,) in names:
-            row = con.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()
-            out[name] = int(row[0]) if row else 0
-        return out
+        )
+
+
+async def _in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``fn`` in a worker thread. A thread cannot be stopped: a cancelled caller waits for it
+    to end (so no other call uses the connection meanwhile), then sees its cancellation."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
+
+
+def _finish(s: _Session, committed: bool) -> None:
+    """Roll back a write that did not commit, and remove its spool files."""
+    if not committed:
+        # DuckDB may have aborted the transaction already: nothing left to roll back then.
+        with contextlib.suppress(duckdb.Error):
+            s.con.rollback()
+    for path in s.spooled:
+        _remove(path)
+
+
+def _claim(
+    con: duckdb.DuckDBPyConnection, tenant: str, batches: list[Batch]
+) -> dict[str, str | None]:
+    rows = con.execute(
+        f"SELECT batch_id, fingerprint FROM {INBOX_TABLE} WHERE batch_id IN (SELECT unnest(?))",
+        [[b.batch_id for b in batches]],
+    ).fetchall()
+    stored: dict[str, str | None] = {row[0]: row[1] for row in rows}
+    fresh = [b for b in batches if b.batch_id not in stored]
+    if fresh:
+        con.execute(
+            f"INSERT INTO {INBOX_TABLE} (batch_id, tenant, connector, applied_at, "
+            "record_count, fingerprint) SELECT unnest(?::VARCHAR[]), ?, "
+            "unnest(?::VARCHAR[]), now(), unnest(?::INTEGER[]), unnest(?::VARCHAR[])",
+            [
+                [b.batch_id for b in fresh],
+                tenant,
+                [b.connector for b in fresh],
+                [b.record_count for b in fresh],
+                [b.fingerprint for b in fresh],
+            ],
+        )
+    return stored
+
+
+def _spool(path: str, tw: TableWrite) -> int:
+    """The table's parts as NDJSON, one line a batch; returns the longest line's length."""
+    try:
+        lines = [
+            orjson.dumps(
+                {_SEQ: n, BATCH_ID_COLUMN: p.batch_id, VERSION_COLUMN: p.version, _ROWS: p.records}
+            )
+            for n, p in enumerate(tw.parts)
+        ]
+    except TypeError as exc:  # orjson.JSONEncodeError: a value JSON cannot hold
+        raise SinkDataError(f"{tw.where()}: a record cannot be encoded: {exc}") from exc
+    with open(path, "wb") as f:
+        f.write(b"\n".join(lines))
+    return max(map(len, lines))
+
+
+def _probe(con: duckdb.DuckDBPyConnection, path: str, column: str, sql_type: str) -> str | None:
+    """DuckDB's complaint about reading ``column`` of the spool file as ``sql_type``, or None.
+    In a cursor of its own: the failed merge has aborted the write's transaction."""
+    probe = _read_json(path, {column: sql_type}, _MIN_OBJECT_BYTES)
+    with con.cursor() as cursor:
+        try:
+            cursor.execute(f"SELECT count({_ROWS}) FROM {probe}").fetchall()
+        except (duckdb.ConversionException, duckdb.InvalidInputException) as exc:
+            return first_line(exc)
+    return None
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
+    row = con.execute(sql).fetchone()
+    return row[0] if row else None
 
 
 def _read_json(path: str, types: dict[str, str], longest_line: int) -> str:
@@ -464,14 +453,6 @@ def _read_json(path: str, types: dict[str, str], longest_line: int) -> str:
         f"read_json({quote_literal(path)}, format = 'newline_delimited', "
         f"maximum_object_size = {size}, columns = {columns})"
     )
-
-
-def _ids(ids: list[str]) -> str:
-    return ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0]
 
 
 def _remove(path: str) -> None:

@@ -1,20 +1,22 @@
 """``postgresql://`` / ``postgres://``: the production DCL store, through an asyncpg pool.
 
-One write() is one transaction. The inbox rows go first (``INSERT ... ON CONFLICT DO
-NOTHING RETURNING``: a second writer of the same batch waits on the first one's row lock,
-then finds the row and skips the batch, unless its content differs: PoisonBatch). Then, per
-table, the rows are COPYed into a temp staging table and merged with ``INSERT ... SELECT
-DISTINCT ON ... ON CONFLICT DO UPDATE``, which replaces a stored row only with an equal or
-newer ``_dcl_version``. Everything lives in the tenant's schema (``_tenancy``).
+The write sequence is ``SqlSink``'s (``_template``). This module owns the pool, the tenant's
+schema at open(), PostgreSQL's catalog reads and DDL, the bulk load, and the one mapping of
+asyncpg's exceptions (``translate_pg``); the value codecs are ``_pg_values``'. The inbox rows
+go first (``INSERT ... ON CONFLICT DO NOTHING RETURNING``: a second writer of the same batch
+waits on the first one's row lock, then finds the row and skips the batch). A table's rows
+are COPYed straight into it when no key conflicts, else into a temp staging table that the
+merge reads. Everything lives in the tenant's schema (``_tenancy``).
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from itertools import chain, repeat
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -33,18 +35,18 @@ from dcl_worker.sinks._sql import (
     TableChange,
     TableInfo,
     TableWrite,
-    check_fingerprints,
-    check_table_name,
     fold,
-    plan_table,
-    plan_writes,
+    qualified,
     quote_ident,
-    table_collision,
-    unique_batches,
-    upsert_clause,
 )
-from dcl_worker.sinks._tenancy import OWNER_TABLE, adopt_legacy, check_owner, tenant_schema
-from dcl_worker.sinks.base import Sink
+from dcl_worker.sinks._template import SqlSink, Staged, first_line
+from dcl_worker.sinks._tenancy import (
+    OWNER_TABLE,
+    adopt_legacy,
+    check_owner,
+    tenant_schema,
+    url_schema,
+)
 
 _FROM_STORE = {sql: logical for logical, sql in TYPES.items()}
 # SQLSTATE classes that mean "the store is not usable now", not "this data is bad":
@@ -55,11 +57,29 @@ DEFAULT_SCHEMA = "public"
 CONNECT_TIMEOUT_S = 10.0
 POOL_MAX_SIZE = 10
 DIRECT_RETRY_WRITES = 16
-_TARGET = "_dcl_target"  # the INSERT's alias for the data table, for the upsert's WHERE
 _VERSION_DEF = f"{VERSION_COLUMN} bigint NOT NULL DEFAULT 0"
 # The transaction's start time, as the inbox's applied_at: COPY need not send it with every row
 # (encoding a timestamptz costs asyncpg more than any other column).
 _INGESTED_AT_DEF = f"{INGESTED_AT_COLUMN} timestamptz DEFAULT now()"
+
+
+def translate_pg(
+    exc: Exception, where: str, what: str, *, opening: bool = False
+) -> SinkError | None:
+    """Our error for an asyncpg (or network) exception; None for any other exception.
+
+    Connection problems, timeouts and the SQLSTATE classes above are SinkUnavailable (retry
+    later), and so is every error while connecting (``opening``): no batch is at fault then.
+    Any other server error rejects the data: SinkDataError.
+    """
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        if opening or state[:2] in _UNAVAILABLE_CLASSES:
+            return SinkUnavailable(f"PostgreSQL ({where}): {what}: {exc}")
+        return SinkDataError(f"PostgreSQL rejected the write: {what}: {exc}")
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+        return SinkUnavailable(f"PostgreSQL ({where}): {what}: {exc!r}")
+    return None
 
 
 def parse_postgres_url(url: str) -> tuple[str, str | None]:
@@ -69,39 +89,27 @@ def parse_postgres_url(url: str) -> tuple[str, str | None]:
     schemas = [value for key, value in query if key == "schema"]
     if not schemas:
         return url, None
-    schema = schemas[-1]
-    try:
-        check_table_name(schema, "-")
-    except SinkDataError:
-        raise ConfigError(
-            f"DCL_SINK_URL has an invalid schema={schema!r}: use 1-63 bytes without control "
-            "characters"
-        ) from None
     rest = urlencode([(k, v) for k, v in query if k != "schema"])
-    return urlunsplit(parts._replace(query=rest)), schema
+    return urlunsplit(parts._replace(query=rest)), url_schema(schemas[-1])
 
 
-class PostgresSink(Sink):
+class PostgresSink(SqlSink[asyncpg.Connection]):
     scheme = "postgresql"
+    store = "PostgreSQL"
+    default_schema = DEFAULT_SCHEMA
 
     def __init__(self, url: str, tenant: str, *, max_columns: int = DEFAULT_MAX_COLUMNS) -> None:
-        super().__init__(url, tenant, max_columns=max_columns)
-        self._dsn, self._explicit_schema = parse_postgres_url(url)
-        # The rule's schema; open() may keep an older store's default schema instead.
-        self.schema = self._explicit_schema or tenant_schema(tenant, DEFAULT_SCHEMA)
+        self._dsn, schema = parse_postgres_url(url)
+        super().__init__(url, tenant, max_columns=max_columns, schema=schema)
         self._pool: asyncpg.Pool | None = None
-        self._tables: dict[str, TableInfo] = {}  # committed knowledge only
         self._skip_direct: dict[str, int] = {}  # table -> writes left on the staging path
-
-    def _name(self, table: str) -> str:
-        return f"{quote_ident(self.schema)}.{quote_ident(table)}"
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
         if self._pool is not None:
             return
-        try:
+        with self._boundary("cannot connect", opening=True):
             pool = await asyncpg.create_pool(
                 self._dsn,
                 min_size=1,
@@ -114,27 +122,28 @@ class PostgresSink(Sink):
                 # caching costs little.
                 statement_cache_size=0,
             )
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise SinkUnavailable(f"cannot connect to PostgreSQL ({self._where()}): {exc}") from exc
         try:
-            async with pool.acquire() as con, con.transaction():
-                # Several workers may start at once: CREATE ... IF NOT EXISTS races otherwise,
-                # and only one may decide about adopting an older store's default schema.
-                await con.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "aam-dcl:open"
-                )
-                self.schema = await self._choose_schema(con)
-                await self._claim_schema(con)
-        except BaseException as exc:
-            await pool.close()
-            if isinstance(exc, asyncpg.InsufficientPrivilegeError):
-                raise ConfigError(
-                    f"DCL_SINK_URL: PostgreSQL ({self._where()}) refuses to create the tenant's "
-                    f"schema or inbox: {exc}. Grant CREATE on the database (or the schema), or "
-                    "create the schema for the worker's user"
-                ) from exc
-            raise self._translate(exc, "cannot prepare the inbox") from exc
-        self._pool = pool
+            with self._boundary("cannot prepare the inbox"):
+                async with pool.acquire() as con, con.transaction():
+                    await self._prepare(con)
+            self._pool, pool = pool, None
+        finally:
+            if pool is not None:  # preparing failed, or was cancelled
+                await pool.close()
+
+    async def _prepare(self, con: asyncpg.Connection) -> None:
+        # Several workers may start at once: CREATE ... IF NOT EXISTS races otherwise, and
+        # only one may decide about adopting an older store's default schema.
+        await _advisory_lock(con, "aam-dcl:open")
+        try:
+            self.schema = await self._choose_schema(con)
+            await self._claim_schema(con)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise ConfigError(
+                f"DCL_SINK_URL: PostgreSQL ({self._where()}) refuses to create the tenant's "
+                f"schema or inbox: {exc}. Grant CREATE on the database (or the schema), or "
+                "create the schema for the worker's user"
+            ) from exc
 
     async def _choose_schema(self, con: asyncpg.Connection) -> str:
         """``?schema=``, else the tenant's by rule, unless this is a store from before tenant
@@ -145,13 +154,11 @@ class PostgresSink(Sink):
         if own == DEFAULT_SCHEMA or await _schema_exists(con, own):
             return own
         if await _table_exists(con, DEFAULT_SCHEMA, OWNER_TABLE):
-            owners = await con.fetch(
-                f"SELECT tenant FROM {_qualified(DEFAULT_SCHEMA, OWNER_TABLE)}"
-            )
+            owners = await con.fetch(f"SELECT tenant FROM {qualified(DEFAULT_SCHEMA, OWNER_TABLE)}")
             return DEFAULT_SCHEMA if [r[0] for r in owners] == [self.tenant] else own
         if await _table_exists(con, DEFAULT_SCHEMA, INBOX_TABLE):
             rows = await con.fetch(
-                f"SELECT DISTINCT tenant FROM {_qualified(DEFAULT_SCHEMA, INBOX_TABLE)} "
+                f"SELECT DISTINCT tenant FROM {qualified(DEFAULT_SCHEMA, INBOX_TABLE)} "
                 "WHERE tenant IS NOT NULL ORDER BY 1"
             )
             if adopt_legacy(DEFAULT_SCHEMA, self.tenant, [r[0] for r in rows]):
@@ -192,129 +199,69 @@ class PostgresSink(Sink):
         if pool is not None:
             await pool.close()
 
-    async def ping(self) -> None:
-        pool = self._require_pool()
-        try:
-            async with pool.acquire() as con:
-                await con.execute("SELECT 1")
-        except BaseException as exc:
-            raise self._translate(exc, "ping failed") from exc
-
-    async def count_rows(self) -> dict[str, int]:
-        """Rows per data table of the schema (the inbox and the owner record excluded)."""
-        pool = self._require_pool()
-        try:
-            async with pool.acquire() as con:
-                names = await con.fetch(
-                    "SELECT c.relname FROM pg_class c "
-                    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 "
-                    "AND c.relkind IN ('r', 'p') AND c.relname <> ALL($2::text[]) "
-                    "ORDER BY 1",
-                    self.schema,
-                    [INBOX_TABLE, OWNER_TABLE],
-                )
-                return {
-                    r[0]: int(await con.fetchval(f"SELECT count(*) FROM {self._name(r[0])}"))
-                    for r in names
-                }
-        except BaseException as exc:
-            raise self._translate(exc, "counting rows") from exc
-
-    def _require_pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise SinkUnavailable("the PostgreSQL sink is not open: call open() first")
-        return self._pool
-
     def _where(self) -> str:
         parts = urlsplit(self._dsn)
         return f"{parts.hostname}:{parts.port or 5432}{parts.path}, schema {self.schema}"
 
-    def _translate(self, exc: BaseException, what: str) -> BaseException:
-        """Our error tree for a foreign exception; anything else is returned unchanged."""
-        if isinstance(exc, SinkError):
-            return exc
-        if isinstance(exc, asyncpg.PostgresError):
-            state = str(getattr(exc, "sqlstate", "") or "")
-            if state[:2] in _UNAVAILABLE_CLASSES:
-                return SinkUnavailable(f"PostgreSQL ({self._where()}): {what}: {exc}")
-            return SinkDataError(f"PostgreSQL rejected the write: {what}: {exc}")
-        if isinstance(exc, OSError | asyncio.TimeoutError | asyncpg.InterfaceError):
-            return SinkUnavailable(f"PostgreSQL ({self._where()}): {what}: {exc!r}")
-        return exc
+    def _translate(self, exc: Exception, what: str, *, opening: bool = False) -> SinkError | None:
+        return translate_pg(exc, self._where(), what, opening=opening)
 
-    # --- writing --------------------------------------------------------------------------
+    # --- connections, inbox, catalog, DDL ---------------------------------------------------
 
-    async def write(self, batches: Sequence[Batch]) -> set[str]:
-        todo = unique_batches(batches)
-        if not todo:
-            return set()
-        pool = self._require_pool()
-        known: dict[str, TableInfo] = {}
-        ids = [b.batch_id for b in todo]
-        try:
-            async with pool.acquire() as con, con.transaction():
-                inserted = await con.fetch(
-                    f"INSERT INTO {self._name(INBOX_TABLE)} "
-                    "(batch_id, tenant, connector, applied_at, record_count, fingerprint) "
-                    "SELECT b, $2, c, now(), n, f "
-                    "FROM unnest($1::text[], $3::text[], $4::int[], $5::text[]) AS u(b, c, n, f) "
-                    "ORDER BY b "  # one lock order for every writer
-                    "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
-                    ids,
-                    self.tenant,
-                    [b.connector for b in todo],
-                    [b.record_count for b in todo],
-                    [b.fingerprint for b in todo],
-                )
-                applied = {row[0] for row in inserted}
-                present = [b for b in todo if b.batch_id not in applied]
-                if any(b.fingerprint for b in present):  # rare: Redis dropped most copies
-                    stored = await con.fetch(
-                        f"SELECT batch_id, fingerprint FROM {self._name(INBOX_TABLE)} "
-                        "WHERE batch_id = ANY($1::text[])",
-                        [b.batch_id for b in present],
-                    )
-                    check_fingerprints(present, {r[0]: r[1] for r in stored})
-                fresh = [b for b in todo if b.batch_id in applied]
-                for n, tw in enumerate(plan_writes(fresh, self.max_columns)):
-                    known[tw.table] = await self._apply(con, tw, n)
-        except BaseException as exc:
-            raise self._translate(exc, f"writing batches {', '.join(ids[:3])}") from exc
-        self._tables.update(known)
-        return set(ids) - applied
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._pool is None:
+            raise SinkUnavailable("the PostgreSQL sink is not open: call open() first")
+        async with self._pool.acquire() as con:
+            yield con
 
-    async def _apply(self, con: asyncpg.Connection, tw: TableWrite, n: int) -> TableInfo:
-        info = self._tables.get(tw.table)
-        change = plan_table(info, tw, self.max_columns)
-        if info is None or change.needed:
-            # Serialise DDL on this table across workers (one lock for names that differ only
-            # in case), then decide on the current catalog.
-            await con.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                f"aam-dcl:{self.schema}.{fold(tw.table)}",
+    @contextlib.asynccontextmanager
+    async def _transaction(self, con: asyncpg.Connection) -> AsyncIterator[None]:
+        async with con.transaction():
+            yield
+
+    async def _claim_batches(
+        self, con: asyncpg.Connection, batches: list[Batch]
+    ) -> dict[str, str | None]:
+        inserted = await con.fetch(
+            f"INSERT INTO {self._name(INBOX_TABLE)} "
+            "(batch_id, tenant, connector, applied_at, record_count, fingerprint) "
+            "SELECT b, $2, c, now(), n, f "
+            "FROM unnest($1::text[], $3::text[], $4::int[], $5::text[]) AS u(b, c, n, f) "
+            "ORDER BY b "  # one lock order for every writer
+            "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
+            [b.batch_id for b in batches],
+            self.tenant,
+            [b.connector for b in batches],
+            [b.record_count for b in batches],
+            [b.fingerprint for b in batches],
+        )
+        applied = {row[0] for row in inserted}
+        present = [b for b in batches if b.batch_id not in applied]
+        stored: dict[str, str | None] = {b.batch_id: None for b in present}
+        if any(b.fingerprint for b in present):  # rare: Redis dropped most copies
+            rows = await con.fetch(
+                f"SELECT batch_id, fingerprint FROM {self._name(INBOX_TABLE)} "
+                "WHERE batch_id = ANY($1::text[])",
+                list(stored),
             )
-            stored = await self._read_table(con, tw.table)
-            if stored is None:
-                await self._check_table_case(con, tw)
-            change = plan_table(stored, tw, self.max_columns)
-            if change.needed:
-                await self._alter(con, tw.table, change)
-        if tw.parts:
-            await self._insert(con, tw, change.info, f"_dcl_stage_{n}")
-        return change.info
+            stored.update((r[0], r[1]) for r in rows)
+        return stored
 
-    async def _check_table_case(self, con: asyncpg.Connection, tw: TableWrite) -> None:
-        """Refuse a new table whose name differs from a stored one's only in case."""
+    async def _lock_table(self, con: asyncpg.Connection, table: str) -> None:
+        # One lock for names that differ only in case.
+        await _advisory_lock(con, f"aam-dcl:{self.schema}.{fold(table)}")
+
+    async def _table_of_other_case(self, con: asyncpg.Connection, table: str) -> str | None:
         other = await con.fetchval(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f') "
             f"AND {FOLD_SQL.format('c.relname')} = $2 AND c.relname <> $3 LIMIT 1",
             self.schema,
-            fold(tw.table),
-            tw.table,
+            fold(table),
+            table,
         )
-        if other is not None:
-            raise table_collision(tw, other)
+        return None if other is None else str(other)
 
     async def _read_table(self, con: asyncpg.Connection, table: str) -> TableInfo | None:
         rows = await con.fetch(
@@ -338,7 +285,7 @@ class PostgresSink(Sink):
         ingested_default = any(r["attname"] == INGESTED_AT_COLUMN and r["atthasdef"] for r in rows)
         return TableInfo(columns, [name for _, name in keyed], versioned, ingested_default)
 
-    async def _alter(self, con: asyncpg.Connection, table: str, change: TableChange) -> None:
+    async def _alter_table(self, con: asyncpg.Connection, table: str, change: TableChange) -> None:
         name = self._name(table)
         if change.create:
             info = change.info
@@ -361,63 +308,28 @@ class PostgresSink(Sink):
         ]
         await con.execute(f"ALTER TABLE {name} {', '.join(steps)}")
 
-    async def _insert(
-        self, con: asyncpg.Connection, tw: TableWrite, info: TableInfo, stage: str
-    ) -> None:
-        columns = list(dict.fromkeys([*tw.columns, *info.primary_key]))
-        logical = {c: info.columns.get(c, "string") for c in columns}
-        if await self._copy_direct(con, tw, info.primary_key, logical):
-            return
-        records: list[Record] = list(chain.from_iterable(p.records for p in tw.parts))
-        where = _write_where(tw)
-        values = [column_values(records, c, logical[c], where) for c in columns]
-        batch_ids = list(chain.from_iterable(repeat(p.batch_id, len(p.records)) for p in tw.parts))
-        versions = list(chain.from_iterable(repeat(p.version, len(p.records)) for p in tw.parts))
-        defs = [f"{quote_ident(c)} {STAGE[logical[c]]}" for c in columns]
-        # asyncpg caches the column types COPY encodes for, by table name: a staging table of
-        # another shape must never reuse a name, so the name carries a digest of its shape.
-        stage = f"{stage}_{hashlib.blake2b(repr(defs).encode(), digest_size=8).hexdigest()}"
-        await con.execute(
-            f"CREATE TEMP TABLE {stage} ({', '.join(defs)}, "
-            f"{BATCH_ID_COLUMN} text, {VERSION_COLUMN} bigint, _dcl_seq integer) ON COMMIT DROP"
+    async def _scalar(self, con: asyncpg.Connection, sql: str) -> Any:
+        return await con.fetchval(sql)
+
+    async def _data_tables(self, con: asyncpg.Connection) -> list[str]:
+        rows = await con.fetch(
+            "SELECT c.relname FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 "
+            "AND c.relkind IN ('r', 'p') AND c.relname <> ALL($2::text[]) "
+            "ORDER BY 1",
+            self.schema,
+            [INBOX_TABLE, OWNER_TABLE],
         )
-        try:
-            await con.copy_records_to_table(
-                stage, records=zip(*values, batch_ids, versions, range(len(records)), strict=True)
-            )
-        except (TypeError, ValueError, OverflowError) as exc:  # asyncpg could not encode a value
-            raise SinkDataError(
-                f"{tw.where()}: a value cannot be sent to PostgreSQL: {exc}"
-            ) from exc
+        return [str(r[0]) for r in rows]
 
-        exprs = {c: _expr(c, logical[c]) for c in columns}
-        names = ", ".join(map(quote_ident, columns))
-        select = ", ".join(exprs[c] for c in columns)
-        meta = [BATCH_ID_COLUMN, VERSION_COLUMN, INGESTED_AT_COLUMN]
-        sql = f"INSERT INTO {self._name(tw.table)} AS {_TARGET} ({names}, {', '.join(meta)}) "
-        select += f", s.{BATCH_ID_COLUMN}, s.{VERSION_COLUMN}, now() FROM {stage} s"
-        pk = info.primary_key
-        if pk:
-            keys = ", ".join(exprs[c] for c in pk)
-            updates = [c for c in columns if c not in pk] + meta
-            # One row per key: the newest version, then the last in stream order.
-            sql += (
-                f"SELECT DISTINCT ON ({keys}) {select} "
-                f"ORDER BY {keys}, s.{VERSION_COLUMN} DESC, s._dcl_seq DESC "
-                + upsert_clause(pk, updates, _TARGET)
-            )
-        else:
-            sql += f"SELECT {select}"
-        try:
-            async with con.transaction():  # a savepoint, so a failure can be diagnosed
-                await con.execute(sql)
-        except asyncpg.PostgresError as exc:
-            if str(exc.sqlstate)[:2] in _UNAVAILABLE_CLASSES:
-                raise
-            raise await _rejected(con, tw, stage, logical, exc) from exc
+    # --- rows -------------------------------------------------------------------------------
 
-    async def _copy_direct(
-        self, con: asyncpg.Connection, tw: TableWrite, pk: list[str], logical: dict[str, str]
+    async def _load_direct(
+        self,
+        con: asyncpg.Connection,
+        tw: TableWrite,
+        logical: dict[str, str],
+        primary_key: list[str],
     ) -> bool:
         """COPY straight into the table when no row conflicts: about twice as fast as staging.
 
@@ -434,10 +346,10 @@ class PostgresSink(Sink):
         server is already storing the first rows while later ones are prepared.
         """
         table = tw.table
-        if pk and self._skip_direct.get(table, 0) > 0:
+        if primary_key and self._skip_direct.get(table, 0) > 0:
             self._skip_direct[table] -= 1
             return False
-        if any(logical[c] == "json" for c in pk):
+        if any(logical[c] == "json" for c in primary_key):
             return False
         try:
             async with con.transaction():
@@ -458,6 +370,56 @@ class PostgresSink(Sink):
             return False
         return True
 
+    async def _stage(
+        self, con: asyncpg.Connection, tw: TableWrite, logical: dict[str, str], n: int
+    ) -> Staged:
+        """COPY the rows into a temp table (``ON COMMIT DROP``) of types asyncpg encodes straight
+        from JSON values; the merge casts datetime, date and json."""
+        records: list[Record] = list(chain.from_iterable(p.records for p in tw.parts))
+        where = _write_where(tw)
+        values = [column_values(records, c, kind, where) for c, kind in logical.items()]
+        batch_ids = list(chain.from_iterable(repeat(p.batch_id, len(p.records)) for p in tw.parts))
+        versions = list(chain.from_iterable(repeat(p.version, len(p.records)) for p in tw.parts))
+        defs = [f"{quote_ident(c)} {STAGE[kind]}" for c, kind in logical.items()]
+        # asyncpg caches the column types COPY encodes for, by table name: a staging table of
+        # another shape must never reuse a name, so the name carries a digest of its shape.
+        stage = f"_dcl_stage_{n}_{hashlib.blake2b(repr(defs).encode(), digest_size=8).hexdigest()}"
+        await con.execute(
+            f"CREATE TEMP TABLE {stage} ({', '.join(defs)}, "
+            f"{BATCH_ID_COLUMN} text, {VERSION_COLUMN} bigint, _dcl_seq integer) ON COMMIT DROP"
+        )
+        try:
+            await con.copy_records_to_table(
+                stage, records=zip(*values, batch_ids, versions, range(len(records)), strict=True)
+            )
+        except (TypeError, ValueError, OverflowError) as exc:  # asyncpg could not encode a value
+            raise SinkDataError(
+                f"{tw.where()}: a value cannot be sent to PostgreSQL: {exc}"
+            ) from exc
+        return Staged(
+            source=f"{stage} s",
+            exprs={c: _expr(c, kind) for c, kind in logical.items()},
+            tiebreak=["_dcl_seq"],
+            casts={c: TYPES[kind] for c, kind in logical.items() if STAGE[kind] != TYPES[kind]},
+            location=stage,
+        )
+
+    async def _merge(self, con: asyncpg.Connection, sql: str) -> None:
+        async with con.transaction():  # a savepoint, so a failure can be probed
+            await con.execute(sql)
+
+    async def _probe(self, con: asyncpg.Connection, staged: Staged, column: str) -> str | None:
+        try:
+            async with con.transaction():
+                await con.execute(f"SELECT count({staged.exprs[column]}) FROM {staged.source}")
+        except asyncpg.DataError as exc:
+            return first_line(exc)
+        return None
+
+
+async def _advisory_lock(con: asyncpg.Connection, key: str) -> None:
+    await con.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+
 
 async def _schema_exists(con: asyncpg.Connection, schema: str) -> bool:
     found = await con.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema)
@@ -465,36 +427,13 @@ async def _schema_exists(con: asyncpg.Connection, schema: str) -> bool:
 
 
 async def _table_exists(con: asyncpg.Connection, schema: str, table: str) -> bool:
-    found = await con.fetchval("SELECT to_regclass($1)", _qualified(schema, table))
+    found = await con.fetchval("SELECT to_regclass($1)", qualified(schema, table))
     return found is not None
-
-
-def _qualified(schema: str, table: str) -> str:
-    return f"{quote_ident(schema)}.{quote_ident(table)}"
 
 
 def _expr(column: str, logical: str) -> str:
     ref = f"s.{quote_ident(column)}"
     return ref if STAGE[logical] == TYPES[logical] else f"{ref}::{TYPES[logical]}"
-
-
-async def _rejected(
-    con: asyncpg.Connection,
-    tw: TableWrite,
-    stage: str,
-    logical: dict[str, str],
-    exc: asyncpg.PostgresError,
-) -> SinkError:
-    """Name the column whose values the server could not cast (one probe per cast column)."""
-    for column, kind in logical.items():
-        if STAGE[kind] == TYPES[kind]:
-            continue
-        try:
-            async with con.transaction():
-                await con.execute(f"SELECT count({_expr(column, kind)}) FROM {stage} s")
-        except asyncpg.DataError as probe:
-            return SinkDataError(f"{tw.where(column)}: not a valid {TYPES[kind]}: {probe}")
-    return SinkDataError(f"{tw.where()}: PostgreSQL rejected the rows: {exc}")
 
 
 def _write_where(tw: TableWrite) -> Callable[[int], str]:
