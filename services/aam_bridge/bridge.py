@@ -8,8 +8,6 @@ that is safe at any point, since XADDs and their checkpoint are one all-or-nothi
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 import time
 
 import redis.asyncio as aioredis
@@ -18,10 +16,11 @@ from redis.exceptions import RedisError
 
 from aam_bridge import metrics
 from aam_bridge.connectors.base import Connector
-from aam_bridge.sync import RunResult, SyncRunner
+from aam_bridge.sync import SyncRunner
 from aam_dcl.config import Settings
 from aam_dcl.errors import AamDclError
 from aam_dcl.redis_conn import redis_problem
+from aam_dcl.waiting import Backoff, StopWaiter
 
 log = structlog.get_logger("aam_bridge")
 
@@ -38,8 +37,8 @@ class Bridge:
         self.redis = client
         self.connectors = connectors
         self.stopping = stopping
+        self.waits = StopWaiter(stopping)
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.results: dict[str, list[RunResult]] = {c.config.name: [] for c in connectors}
 
     async def run(self) -> None:
         """Run until every connector is done (schedule 'once') or stopping is set."""
@@ -58,6 +57,7 @@ class Bridge:
             for task in self.tasks.values():
                 task.cancel()
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            self.waits.close()
             for connector in self.connectors:
                 await connector.close()
 
@@ -78,7 +78,7 @@ class Bridge:
         runner = SyncRunner(self.settings, self.redis, connector)
         labels = (self.settings.tenant_id, config.name)
         metrics.init_connector(*labels)
-        failures = 0
+        backoff = Backoff(cap_s=60.0, base_s=0.5)
         opened = False
         while not self.stopping.is_set():
             started = time.monotonic()
@@ -91,18 +91,16 @@ class Bridge:
                 # One connector's failure (its source, Redis, or a bug in it) never stops the
                 # bridge or the other connectors: log, count, retry with backoff. The retry
                 # resumes the interrupted run from its checkpoint.
-                failures += 1
                 metrics.SYNC_RUNS.labels(*labels, "failed").inc()
-                delay = min(60.0, 0.5 * 2**failures) * random.uniform(0.5, 1.0)
+                delay = backoff.next_s()
                 expected = isinstance(exc, AamDclError | RedisError | OSError)
                 (log.warning if expected else log.exception)(
                     "sync_run_failed", error=str(exc), error_type=type(exc).__name__,
                     retry_in_s=round(delay, 1),
                 )  # fmt: skip
-                await self._sleep(delay)
+                await self.waits.sleep(delay)
                 continue
-            failures = 0
-            self.results[config.name].append(result)
+            backoff.reset()
             metrics.SYNC_RUNS.labels(*labels, "succeeded").inc()
             metrics.LAST_SUCCESS.labels(*labels).set(time.time())
             log.info(
@@ -115,8 +113,4 @@ class Bridge:
             )
             if config.schedule_s is None:
                 return
-            await self._sleep(max(0.0, config.schedule_s - (time.monotonic() - started)))
-
-    async def _sleep(self, delay_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), delay_s)
+            await self.waits.sleep(max(0.0, config.schedule_s - (time.monotonic() - started)))

@@ -34,7 +34,7 @@ from aam_bridge import metrics
 from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.messages import PAYLOAD_FIELD
-from aam_dcl.stream_info import as_text, create_group, entry_id_key, group_lag
+from aam_dcl.streams import create_group, entry_id_key, read_streams
 
 log = structlog.get_logger("aam_bridge.publisher")
 
@@ -116,30 +116,21 @@ class Publisher:
         services may read the same stream with their own group, and trimming below their
         unacknowledged entries would lose them. Groups in AAM_IGNORE_GROUPS don't count.
         """
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xinfo_groups(self.stream)
-        pipe.xinfo_stream(self.stream)
-        groups, stream = await pipe.execute(raise_on_error=False)
-        if isinstance(groups, Exception) or isinstance(stream, Exception):
+        tenant = self.settings.tenant_id
+        states = await read_streams(self.redis, tenant, [self.connector], pending="all")
+        state = states[self.connector]
+        if not state.exists:
             await self.ensure_group()  # deleted under us: recreate, everything is unread
             self.floor = "0-1"
             return 0, 0
-        length = int(stream["length"])
-        metrics.STREAM_LENGTH.labels(*self.labels).set(length)
-        names = [as_text(g["name"]) for g in groups]
-        if self.group not in names:
+        metrics.STREAM_LENGTH.labels(*self.labels).set(state.length)
+        if state.group(self.group) is None:
             await self.ensure_group()
             self.floor = "0-1"
-            return length, length
-        counted = [g for g, name in zip(groups, names, strict=True) if name not in self.ignored]
-        pipe = self.redis.pipeline(transaction=False)
-        for info in counted:
-            pipe.xpending(self.stream, info["name"])
-        pendings = await pipe.execute()
-        floors = [_floor(info, pending) for info, pending in zip(counted, pendings, strict=True)]
-        self.floor = min(floors, key=entry_id_key, default=self.floor)
-        unread = [int(info["pending"]) + group_lag(info, stream) for info in counted]
-        return max(unread, default=0), length
+            return state.length, state.length
+        counted = [g for g in state.groups if g.name not in self.ignored]
+        self.floor = min((g.unacked_from for g in counted), key=entry_id_key, default=self.floor)
+        return max((g.pending + g.lag for g in counted), default=0), state.length
 
     def _full(self, unread: int, length: int, entries: int) -> bool:
         return unread + entries > self.limit or length + entries > self.max_length
@@ -171,16 +162,3 @@ class Publisher:
             metrics.BACKPRESSURE_ACTIVE.labels(*self.labels).set(0)
         log.info("backpressure_off", waited_s=round(time.monotonic() - waited_from, 2))
         self.room = min(self.limit - unread, self.max_length - length)
-
-
-def _floor(group: Mapping[str, object], pending: object) -> str:
-    """The oldest id the group has not acknowledged: the oldest pending entry, or else the
-    first entry after the last delivered one."""
-    delivered = group["last-delivered-id"]
-    ms, seq = entry_id_key(delivered if isinstance(delivered, bytes | str) else "0-0")
-    floor = f"{ms}-{seq + 1}"
-    if isinstance(pending, dict) and pending.get("pending") and pending.get("min"):
-        oldest = pending["min"]
-        if entry_id_key(oldest) < entry_id_key(floor):
-            floor = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
-    return floor

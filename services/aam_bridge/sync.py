@@ -27,7 +27,7 @@ from aam_dcl.config import Settings
 from aam_dcl.messages import Batch, Record, encode
 from aam_dcl.progress import Progress
 from aam_dcl.schema import table_batch
-from aam_dcl.stream_info import as_text
+from aam_dcl.streams import as_text
 
 log = structlog.get_logger("aam_bridge.sync")
 

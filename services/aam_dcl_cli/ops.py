@@ -9,7 +9,6 @@ trim is in ``aam_dcl_cli.trim``, the per-tenant ACL rules in ``aam_dcl.acl``.
 from __future__ import annotations
 
 import getpass
-import re
 import socket
 import time
 from collections.abc import Sequence
@@ -23,9 +22,14 @@ from redis.exceptions import WatchError
 from aam_dcl import keys, messages
 from aam_dcl.dead_letter import DeadLetter
 from aam_dcl.errors import AamDclError
-from aam_dcl_cli.inspect import list_streams
+from aam_dcl.streams import (
+    as_text,
+    entry_id_key,
+    is_entry_id,
+    scan_dead_letter_streams,
+    scan_streams,
+)
 
-ENTRY_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
 PAGE = 100  # dead letters per MULTI when replaying or purging --all
 WATCH_RETRIES = 20
 
@@ -34,28 +38,14 @@ class OperationRefused(AamDclError):
     """The operation would lose data or names something that is not there; nothing was done."""
 
 
-# --- stream ids ----------------------------------------------------------------------------
-
-
-def parse_id(entry_id: str | bytes) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def check_ids(entry_ids: Sequence[str]) -> list[str]:
     """Reject anything that is not a stream id before it reaches Redis."""
-    bad = [e for e in entry_ids if not ENTRY_ID_RE.match(e)]
+    bad = [e for e in entry_ids if not is_entry_id(e)]
     if bad:
         raise OperationRefused(
             f"not a stream entry id: {', '.join(bad)} (use e.g. 1762299908994-0)"
         )
     return list(entry_ids)
-
-
-def as_text(value: Any) -> str:
-    """A Redis reply value as text (clients may or may not decode responses)."""
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 # --- dead letters ------------------------------------------------------------------------------
@@ -67,24 +57,11 @@ class DeadLetterList:
     totals: dict[str, int]  # connector -> dead letters in its stream
 
 
-async def dead_letter_connectors(client: aioredis.Redis, tenant: str) -> list[str]:
-    """Connectors of this tenant that have a dead-letter stream (SCAN aam:dlq:{tenant}:*)."""
-    prefix = keys.dead_letter_stream(tenant, "")
-    found = set()
-    async for key in client.scan_iter(
-        match=keys.dead_letter_pattern(tenant), count=1000, _type="stream"
-    ):
-        name = as_text(key)[len(prefix) :]
-        if keys.NAME_RE.match(name):
-            found.add(name)
-    return sorted(found)
-
-
 async def list_dead_letters(
     client: aioredis.Redis, tenant: str, connector: str | None = None, limit: int = 50
 ) -> DeadLetterList:
     """The oldest ``limit`` dead letters (of one connector, or all), with per-connector totals."""
-    connectors = [connector] if connector else await dead_letter_connectors(client, tenant)
+    connectors = [connector] if connector else await scan_dead_letter_streams(client, tenant)
     entries: list[DeadLetter] = []
     totals: dict[str, int] = {}
     for name in connectors:
@@ -95,7 +72,7 @@ async def list_dead_letters(
         total, rows = await pipe.execute()
         totals[name] = int(total)
         entries += [DeadLetter.from_entry(name, eid, fields) for eid, fields in rows]
-    entries.sort(key=lambda d: parse_id(d.entry_id))
+    entries.sort(key=lambda d: entry_id_key(d.entry_id))
     return DeadLetterList(entries[:limit], totals)
 
 
@@ -266,7 +243,7 @@ async def pending_report(
     client: aioredis.Redis, tenant: str, connector: str | None = None, limit: int = 10
 ) -> list[PendingReport]:
     """Per stream: who holds what (XPENDING summary + XINFO CONSUMERS), the oldest entries."""
-    connectors = [connector] if connector else await list_streams(client, tenant)
+    connectors = [connector] if connector else (await scan_streams(client, tenant)).connectors
     group = keys.group(tenant)
     reports = []
     for name in connectors:

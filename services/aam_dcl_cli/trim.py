@@ -1,5 +1,5 @@
 """``aam-dcl trim``: the guide's emergency ``XTRIM MAXLEN ~ N``, refused when it would cut
-entries a consumer group has not acknowledged (DESIGN §4.2: no unread entry is ever trimmed).
+entries a consumer group has not acknowledged (no unread entry is ever trimmed).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from aam_dcl import keys
-from aam_dcl_cli.ops import WATCH_RETRIES, OperationRefused, as_text, parse_id
+from aam_dcl.streams import GroupState, as_text, entry_id_key, next_id, read_streams
+from aam_dcl_cli.ops import WATCH_RETRIES, OperationRefused
 
 # The N-th newest entry id (where a MAXLEN N trim keeps from), paging inside Redis so that
 # payloads never cross the network; nil when the stream has fewer than N entries.
@@ -91,7 +92,7 @@ class TrimReport:
         """Whether an exact ``MAXLEN N`` trim deletes the entry ``entry_id``."""
         if self.cut_end is None:
             return False
-        return self.keep_from_id is None or parse_id(entry_id) < parse_id(self.keep_from_id)
+        return self.keep_from_id is None or entry_id_key(entry_id) < entry_id_key(self.keep_from_id)
 
 
 async def plan_trim(
@@ -108,51 +109,48 @@ async def plan_trim(
     as the bridge's trimming leaves them out: nobody waits for them.
     """
     run: Any = _pipe or client
-    stream = keys.stream(tenant, connector)
-    length = int(await run.xlen(stream))
-    report = TrimReport(connector, stream, maxlen, length, None, [])
-    if length == 0:
+    # Read on its own connection: under the caller's WATCH, a change still aborts the trim.
+    state = (await read_streams(client, tenant, [connector]))[connector]
+    report = TrimReport(connector, state.stream, maxlen, state.length, None, [])
+    if state.length == 0:
         return report
-    if 0 < maxlen < length:
-        keep_from = await run.eval(_NTH_NEWEST, 1, stream, maxlen, 1000)
+    if 0 < maxlen < state.length:
+        keep_from = await run.eval(_NTH_NEWEST, 1, state.stream, maxlen, 1000)
         report.keep_from_id = as_text(keep_from) if keep_from else None
-    first_rows = await run.xrange(stream, "-", "+", count=1)
+    first_rows = await run.xrange(state.stream, "-", "+", count=1)
     first_id = as_text(first_rows[0][0])
-    groups = {as_text(g["name"]): dict(g) for g in await run.xinfo_groups(stream)}
     own = keys.group(tenant)
-    groups = {n: g for n, g in groups.items() if n == own or n not in ignore_groups}
+    groups = {g.name: g for g in state.groups if g.name == own or g.name not in ignore_groups}
     if own not in groups:  # the worker will create it at 0 and read everything: count it
-        groups[own] = {"last-delivered-id": b"0-0", "pending": 0, "lag": length}
-    for name, info in sorted(groups.items()):
-        report.groups.append(await _group_cut(run, report, name, info, first_id))
+        groups[own] = GroupState(own, 0, 0, state.length, state.length, "0-0", None)
+    for name in sorted(groups):
+        report.groups.append(await _group_cut(run, report, groups[name], first_id))
     return report
 
 
-async def _group_cut(
-    run: Any, report: TrimReport, group: str, info: dict[str, Any], first_id: str
-) -> GroupCut:
+async def _group_cut(run: Any, report: TrimReport, group: GroupState, first_id: str) -> GroupCut:
     stream, maxlen, cut_end = report.stream, report.maxlen, report.cut_end
-    delivered = as_text(info["last-delivered-id"])
+    delivered = group.last_delivered_id
     unread = await run.xrange(stream, "(" + delivered, "+", count=1)
     oldest_unread = as_text(unread[0][0]) if unread else None
     pending_rows: list[Any] = []
-    if int(info["pending"]):  # from the stream's first entry: older ids are already gone
-        pending_rows = await run.xpending_range(stream, group, min=first_id, max="+", count=1)
+    if group.pending:  # from the stream's first entry: older ids are already gone
+        pending_rows = await run.xpending_range(stream, group.name, min=first_id, max="+", count=1)
     oldest_pending = as_text(pending_rows[0]["message_id"]) if pending_rows else None
     candidates = [i for i in (oldest_unread, oldest_pending) if i]
-    cut = GroupCut(group, delivered, min(candidates, key=parse_id) if candidates else None, 0, 0)
+    oldest = min(candidates, key=entry_id_key) if candidates else None
+    cut = GroupCut(group.name, delivered, oldest, 0, 0)
     if cut_end is None or cut.oldest_unacked_id is None or not report.cuts(cut.oldest_unacked_id):
         return cut
-    lag = info.get("lag")
-    if lag is not None:  # unread entries are the newest `lag` ones
-        cut.unread_cut = max(0, int(lag) - maxlen)
+    if group.reported_lag is not None:  # unread entries are the newest `lag` ones
+        cut.unread_cut = max(0, group.lag - maxlen)
     elif oldest_unread:
         cut.unread_cut = int(
             await run.eval(_COUNT_RANGE, 1, stream, "(" + delivered, cut_end, 1000)
         )
     if oldest_pending:
         rows = await run.xpending_range(
-            stream, group, min=first_id, max=cut_end, count=int(info["pending"])
+            stream, group.name, min=first_id, max=cut_end, count=group.pending
         )
         cut.pending_cut = len(rows)
     return cut
@@ -203,7 +201,7 @@ async def _actual_cut(client: aioredis.Redis, plan: TrimReport, new_first: str) 
     for g in plan.groups:
         if not g.unacked_cut:
             continue
-        start = max(new_first, _next_id(g.last_delivered_id), key=parse_id)
+        start = max(new_first, next_id(g.last_delivered_id), key=entry_id_key)
         survived = await client.eval(_COUNT_RANGE, 1, plan.stream, start, cut_end, 1000)
         g.unread_cut = max(0, g.unread_cut - int(survived))
         if g.pending_cut:
@@ -231,8 +229,3 @@ def _refusal(plan: TrimReport) -> str:
         "(aam-dcl pending), choose a larger --maxlen, or pass --force to delete them anyway "
         "(they are lost)"
     )
-
-
-def _next_id(entry_id: str) -> str:
-    ms, seq = parse_id(entry_id)
-    return f"{ms}-{seq + 1}"

@@ -15,8 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from aam_dcl import keys
-from aam_dcl.stream_info import group_lag
-from aam_dcl_cli.inspect import scan_streams
+from aam_dcl.streams import read_streams, scan_streams
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,33 +53,24 @@ class Row:
 
 async def sample(client: aioredis.Redis, tenant: str) -> Sample:
     """One reading of every stream of the tenant (its group ``dcl_engine:{tenant}``)."""
-    connectors, _ = await scan_streams(client, tenant)
-    own = keys.group(tenant)
-    pipe = client.pipeline(transaction=False)
-    for c in connectors:
-        pipe.xinfo_stream(keys.stream(tenant, c))
-        pipe.xinfo_groups(keys.stream(tenant, c))
-        pipe.xlen(keys.dead_letter_stream(tenant, c))
-    replies = await pipe.execute(raise_on_error=False) if connectors else []
+    scan = await scan_streams(client, tenant)
+    states = await read_streams(client, tenant, scan.connectors, dead_letters=True)
     now = time.monotonic()
+    own = keys.group(tenant)
     streams = {}
-    for i, c in enumerate(connectors):
-        info, groups, dead = replies[3 * i : 3 * i + 3]
-        if not isinstance(info, dict):  # the stream went away meanwhile
+    for c, state in states.items():
+        if not state.exists:  # the stream went away meanwhile
             continue
-        group_list = groups if isinstance(groups, list) else []
-        group = next((g for g in group_list if _s(g["name"]) == own), None)
-        raw_added = info.get("entries-added")  # Redis >= 7.0
-        added = int(info["length"] if raw_added is None else raw_added)
-        lag, pending, acked = int(info["length"]), 0, 0
+        added = state.length if state.entries_added is None else state.entries_added
+        lag, pending, acked = state.length, 0, 0
+        group = state.group(own)
         if group is not None:
-            lag, pending = group_lag(group, info), int(group["pending"])
-            read = group.get("entries-read")
-            acked = (int(read) if read is not None else added - lag) - pending
+            lag, pending = group.lag, group.pending
+            read = group.entries_read
+            acked = (read if read is not None else added - lag) - pending
         streams[c] = StreamSample(
-            c, keys.stream(tenant, c), int(info["length"]), added, max(0, acked), lag, pending,
-            dead if isinstance(dead, int) else 0,
-        )  # fmt: skip
+            c, state.stream, state.length, added, max(0, acked), lag, pending, state.dead_letters
+        )
     return Sample(now, streams)
 
 
@@ -138,7 +128,3 @@ def render_rich(table_rows: list[Row], tenant: str, interval_s: float) -> Any:
     for r in table_rows:
         table.add_row(*cells(r))
     return table
-
-
-def _s(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value

@@ -12,17 +12,13 @@ then one Lua call that dead-letters poison, marks processed and acks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aam_dcl import keys
@@ -37,7 +33,8 @@ from aam_dcl.errors import (
 )
 from aam_dcl.messages import Batch, decode, fingerprints_conflict, payload_of
 from aam_dcl.progress import Progress
-from aam_dcl.stream_info import create_group, entry_id_key
+from aam_dcl.streams import create_group, entry_id_key
+from aam_dcl.waiting import Backoff, StopWaiter
 from dcl_worker import metrics
 from dcl_worker.finalize import Finalizer
 from dcl_worker.sinks.base import Sink
@@ -58,54 +55,6 @@ class Outcome:
     duplicates: list[Batch] = field(default_factory=list)
     retry: int = 0  # entries left pending to be tried again
     known: set[str] = field(default_factory=set)  # processed per Redis, checked by the store
-
-
-class Backoff:
-    """Bounded, jittered exponential backoff: 0.1 s doubling up to ``cap_s``."""
-
-    def __init__(self, cap_s: float = 5.0) -> None:
-        self.cap_s = cap_s
-        self.attempt = 0
-
-    def next_s(self) -> float:
-        self.attempt += 1
-        ceiling = min(self.cap_s, 0.1 * 2 ** min(self.attempt, 16))
-        return float(ceiling / 2 + random.uniform(0, ceiling / 2))
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
-class StopWaiter:
-    """Waits that end as soon as the worker is stopping, sharing one waiter on the stop
-    event (not one per read). The reader and every stream's consumer use the reader's."""
-
-    def __init__(self, stopping: asyncio.Event) -> None:
-        self.stopping = stopping
-        self._stopped: asyncio.Future[Any] | None = None
-
-    async def wait_for(self, awaitable: Awaitable[Any]) -> Any:
-        """Await ``awaitable`` unless stopping is set first; then cancel it and return None."""
-        if self._stopped is None:
-            self._stopped = asyncio.ensure_future(self.stopping.wait())
-        task = asyncio.ensure_future(awaitable)
-        done, _ = await asyncio.wait({task, self._stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        # An abandoned read may still end in an error: collect it rather than lose it.
-        with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-            await task
-        return None
-
-    async def sleep(self, delay_s: float) -> None:
-        await self.wait_for(asyncio.sleep(delay_s))
-
-    def close(self) -> None:
-        """Drop the stop waiter (a later wait makes a new one)."""
-        if self._stopped is not None:
-            self._stopped.cancel()
-            self._stopped = None
 
 
 class StreamConsumer:

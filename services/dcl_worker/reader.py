@@ -29,8 +29,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aam_dcl import keys
 from aam_dcl.config import Settings
+from aam_dcl.waiting import Backoff, StopWaiter
 from dcl_worker import metrics
-from dcl_worker.consumer import Backoff, Entry, StopWaiter, StreamConsumer
+from dcl_worker.consumer import Entry, StreamConsumer
 
 log = structlog.get_logger("dcl_worker.reader")
 
@@ -50,19 +51,19 @@ class StreamReader:
         settings: Settings,
         client: aioredis.Redis,
         consumers: dict[str, StreamConsumer],
-        stopping: asyncio.Event,
+        waits: StopWaiter,
         running: asyncio.Event,
     ) -> None:
         self.settings = settings
         self.redis = client
         self.consumers = consumers  # the worker's: discovery adds to it while we run
-        self.stopping = stopping
+        self.waits = waits  # the worker's, shared with every stream's consumer
+        self.stopping = waits.stopping
         self.running = running  # cleared while an operator has paused consumption
         self.group = keys.group(settings.tenant_id)
         self.name = settings.consumer_name
         self.budget = max(MIN_READ_BUDGET, settings.read_count)
         self.streams_added = asyncio.Event()  # set by discovery when it adds a stream
-        self.waits = StopWaiter(stopping)  # shared with every stream's consumer
 
     async def run(self) -> None:
         backoff = Backoff()
@@ -84,9 +85,8 @@ class StreamReader:
                         metrics.REDIS_ERRORS.labels(*consumer.labels).inc()
                     delay = backoff.next_s()
                     log.warning("redis_unavailable", error=str(exc), retry_in_s=round(delay, 2))
-                    await self.waits.wait_for(asyncio.sleep(delay))
+                    await self.waits.sleep(delay)
         finally:
-            self.waits.close()  # a restarted run() (after a crash) makes a new one
             log.info("reader_stopped")
 
     async def step(self) -> None:
@@ -107,7 +107,7 @@ class StreamReader:
             await self._read(backlog, "0", None)
         fresh = [c for c in consumers if not c.read_backlog and c.due(now)]
         if not fresh:
-            await self.waits.wait_for(asyncio.sleep(self._until_due(consumers)))
+            await self.waits.sleep(self._until_due(consumers))
             return
         # Don't block while a stream has more of its backlog to read or a retry coming due.
         waiting = [c for c in consumers if c.read_backlog]

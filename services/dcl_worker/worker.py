@@ -10,7 +10,6 @@ operator's pause flag, and supervision that restarts a crashed loop with backoff
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -22,9 +21,10 @@ from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.errors import SinkUnavailable
 from aam_dcl.redis_conn import redis_problem
-from aam_dcl.stream_info import group_lag
+from aam_dcl.streams import read_streams, scan_streams
+from aam_dcl.waiting import Backoff, StopWaiter
 from dcl_worker import metrics
-from dcl_worker.consumer import Backoff, StreamConsumer
+from dcl_worker.consumer import StreamConsumer
 from dcl_worker.reader import StreamReader
 from dcl_worker.sinks.base import Sink
 
@@ -45,7 +45,8 @@ class Worker:
         self.running = asyncio.Event()  # cleared while paused
         self.running.set()
         self.consumers: dict[str, StreamConsumer] = {}
-        self.reader = StreamReader(settings, client, self.consumers, stopping, self.running)
+        self.waits = StopWaiter(stopping)  # every loop's waits end when stopping is set
+        self.reader = StreamReader(settings, client, self.consumers, self.waits, self.running)
         self.ignored: set[str] = set()  # stream keys logged once as not a connector stream
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.sink_ready = False
@@ -62,13 +63,16 @@ class Worker:
             )
             await self.stopping.wait()
             return
-        if not await self._open_sink():
-            return
-        self._spawn("discovery", self._discovery_loop)
-        self._spawn("monitor", self._monitor_loop)
-        self._spawn("reader", self.reader.run)
-        await self.stopping.wait()
-        await self._drain()
+        try:
+            if not await self._open_sink():
+                return
+            self._spawn("discovery", self._discovery_loop)
+            self._spawn("monitor", self._monitor_loop)
+            self._spawn("reader", self.reader.run)
+            await self.stopping.wait()
+            await self._drain()
+        finally:
+            self.waits.close()
 
     async def _open_sink(self) -> bool:
         backoff = Backoff(cap_s=10.0)
@@ -80,8 +84,7 @@ class Worker:
             except SinkUnavailable as exc:
                 delay = backoff.next_s()
                 log.warning("sink_unavailable", error=str(exc), retry_in_s=round(delay, 2))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), delay)
+                await self.waits.sleep(delay)
         return False
 
     async def _drain(self) -> None:
@@ -108,8 +111,7 @@ class Worker:
             except Exception:
                 delay = backoff.next_s()
                 log.exception("loop_crashed", loop=name, restart_in_s=round(delay, 2))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), delay)
+                await self.waits.sleep(delay)
 
     # --- health -------------------------------------------------------------------------------
 
@@ -143,25 +145,17 @@ class Worker:
                         self._start_consumer(connector)
             except RedisError as exc:
                 log.warning("discovery_failed", error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.settings.discovery_interval_s)
+            await self.waits.sleep(self.settings.discovery_interval_s)
 
     async def discover(self) -> list[str]:
         """Connector names of this tenant's streams (SCAN aam:dcl:{tenant}:* TYPE stream)."""
-        found: list[str] = []
-        async for key in self.redis.scan_iter(
-            match=keys.stream_pattern(self.tenant), count=1000, _type="stream"
-        ):
-            text = key.decode(errors="replace")
-            name = keys.connector_of_stream(self.tenant, text)
-            if name is not None:
-                found.append(name)
-            elif text not in self.ignored:  # once per key: discovery runs every few seconds
-                self.ignored.add(text)
-                problem = keys.stream_key_problem(self.tenant, text)
-                log.warning("stream_ignored", stream=text, reason=problem)
+        scan = await scan_streams(self.redis, self.tenant)
+        for stream in scan.ignored:
+            if stream.key not in self.ignored:  # once per key: discovery runs every few seconds
+                self.ignored.add(stream.key)
+                log.warning("stream_ignored", stream=stream.key, reason=stream.reason)
                 metrics.IGNORED_STREAMS.labels(self.tenant).set(len(self.ignored))
-        return sorted(found)
+        return scan.connectors
 
     def _start_consumer(self, connector: str) -> None:
         consumer = StreamConsumer(
@@ -180,11 +174,17 @@ class Worker:
                 await self.observe()
             except RedisError as exc:
                 log.warning("monitor_failed", error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), MONITOR_INTERVAL_S)
+            await self.waits.sleep(MONITOR_INTERVAL_S)
 
     async def _follow_pause_flag(self) -> None:
-        paused = bool(await self.redis.exists(keys.paused_flag(self.tenant)))
+        """Pause or resume as the operator's flag says; the processed-set gauge on the way."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(keys.paused_flag(self.tenant))
+        pipe.scard(keys.processed_set(self.tenant))
+        flag, processed = await pipe.execute(raise_on_error=False)
+        if isinstance(flag, Exception):
+            raise flag
+        paused = bool(flag)
         if paused and self.running.is_set():
             self.running.clear()
             log.warning("consumption_paused", by="aam-dcl pause")
@@ -192,44 +192,29 @@ class Worker:
             self.running.set()
             log.info("consumption_resumed")
         metrics.PAUSED.labels(self.tenant).set(1 if paused else 0)
+        if isinstance(processed, Exception):  # e.g. NOPERM from a too narrow ACL
+            log.warning("monitor_command_failed", error=str(processed))
+        else:
+            metrics.PROCESSED_SET_SIZE.labels(self.tenant).set(processed)
 
     async def observe(self) -> None:
         """Refresh the per-stream gauges (one pipeline round trip)."""
-        connectors = list(self.consumers)
         group = keys.group(self.tenant)
-        pipe = self.redis.pipeline(transaction=False)
-        for connector in connectors:
-            stream = keys.stream(self.tenant, connector)
-            pipe.xinfo_stream(stream)
-            pipe.xinfo_groups(stream)
-            pipe.xpending(stream, group)
-            pipe.xlen(keys.dead_letter_stream(self.tenant, connector))
-        pipe.scard(keys.processed_set(self.tenant))
-        replies = await pipe.execute(raise_on_error=False)
-        errors = {str(r) for r in replies if isinstance(r, Exception)}
-        for error in sorted(errors):  # e.g. NOPERM from a too narrow ACL: gauges would go stale
-            log.warning("monitor_command_failed", error=error)
-        now_ms = time.time() * 1000
-        for i, connector in enumerate(connectors):
-            stream_info, groups, pending, dlq_length = replies[4 * i : 4 * i + 4]
+        states = await read_streams(
+            self.redis, self.tenant, list(self.consumers), pending="own", dead_letters=True
+        )
+        now_s = time.time()
+        for connector, state in states.items():
             labels = (self.tenant, connector)
-            if isinstance(stream_info, dict):
-                metrics.STREAM_LENGTH.labels(*labels).set(stream_info["length"])
-            if isinstance(dlq_length, int):
-                metrics.DEAD_LETTER_LENGTH.labels(*labels).set(dlq_length)
-            for info in groups if isinstance(groups, list) else []:
-                if info.get("name") == group.encode() and isinstance(stream_info, dict):
-                    consumer = self.consumers[connector]
-                    consumer.lag = group_lag(info, stream_info)
-                    consumer.pending = int(info.get("pending", 0))
-                    metrics.GROUP_LAG.labels(*labels).set(consumer.lag)
-                    metrics.PENDING.labels(*labels).set(consumer.pending)
-            if isinstance(pending, dict):
-                oldest = pending.get("min")
-                age_s = 0.0
-                if oldest:
-                    oldest_ms = int(oldest.split(b"-")[0])
-                    age_s = max(0.0, (now_ms - oldest_ms) / 1000)
-                metrics.OLDEST_PENDING_AGE.labels(*labels).set(age_s)
-        if isinstance(replies[-1], int):
-            metrics.PROCESSED_SET_SIZE.labels(self.tenant).set(replies[-1])
+            metrics.DEAD_LETTER_LENGTH.labels(*labels).set(state.dead_letters)
+            if not state.exists:
+                continue
+            metrics.STREAM_LENGTH.labels(*labels).set(state.length)
+            own = state.group(group)
+            if own is None:
+                continue
+            consumer = self.consumers[connector]
+            consumer.lag, consumer.pending = own.lag, own.pending
+            metrics.GROUP_LAG.labels(*labels).set(own.lag)
+            metrics.PENDING.labels(*labels).set(own.pending)
+            metrics.OLDEST_PENDING_AGE.labels(*labels).set(own.oldest_pending_age_s(now_s) or 0.0)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import redis.asyncio as aioredis
+import structlog
 
 from aam_bridge import metrics
 from aam_bridge.bridge import Bridge
@@ -13,6 +17,26 @@ from aam_bridge.connectors.base import Connector, ConnectorConfig, Page, TableSp
 from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.redis_conn import connect
+
+
+@contextlib.contextmanager
+def info_events() -> Iterator[list[dict[str, Any]]]:
+    """Every log event of the block from INFO up, recorded instead of printed."""
+    events: list[dict[str, Any]] = []
+    old = structlog.get_config()
+
+    def record(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        events.append(dict(event_dict))
+        raise structlog.DropEvent
+
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, record],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
+    try:
+        yield events
+    finally:
+        structlog.configure(**old)
 
 
 class FlakyConnector(Connector):
@@ -46,12 +70,13 @@ async def test_a_failing_connector_is_retried_and_its_run_resumed_without_gap_or
     client = connect(settings)
     try:
         bridge = Bridge(settings, client, [FlakyConnector(config)], asyncio.Event())
-        await asyncio.wait_for(bridge.run(), 30)
+        with info_events() as events:
+            await asyncio.wait_for(bridge.run(), 30)
     finally:
         await client.aclose()
     assert failed._value.get() == failed_before + 1
-    (result,) = bridge.results["flaky"]
-    assert result.resumed
+    (finished,) = [e for e in events if e["event"] == "sync_run_finished"]
+    assert finished["resumed"]
     entries = await redis.xrange(keys.stream("default", "flaky"))
     ids = [f[b"payload"].split(b'"batch_id":"')[1].split(b'"')[0].decode() for _, f in entries]
     assert [int(i.rsplit("_", 1)[1]) for i in ids] == [1, 2, 3, 4]

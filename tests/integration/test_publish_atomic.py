@@ -118,7 +118,9 @@ async def test_a_bridge_whose_publish_fails_logs_the_failure_and_retries(
     stream = keys.stream("default", "items")
     await redis.xadd(stream, {"payload": b"{}"}, id=LAST_POSSIBLE_ID)
     failed = metrics.SYNC_RUNS.labels("default", "items", "failed")
+    succeeded = metrics.SYNC_RUNS.labels("default", "items", "succeeded")
     before = failed._value.get()  # no public getter in prometheus_client
+    succeeded_before = succeeded._value.get()
     client = connect(settings)
     connector = Items(ConnectorConfig("items", "items", "i", None, {}))
     bridge = Bridge(settings, client, [connector], asyncio.Event())
@@ -129,7 +131,7 @@ async def test_a_bridge_whose_publish_fails_logs_the_failure_and_retries(
                 break
             await asyncio.sleep(0.05)
         assert failed._value.get() > before
-        assert not bridge.results["items"]
+        assert succeeded._value.get() == succeeded_before  # no run succeeded yet
         await redis.delete(stream)
         await asyncio.wait_for(task, 30)
     finally:
