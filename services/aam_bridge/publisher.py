@@ -9,7 +9,7 @@ batch ids, which the worker drops as duplicates. How the stream is trimmed is AA
 
 - ``trim`` — the guide's policy: ``XADD ... MAXLEN ~ AAM_REDIS_STREAM_MAXLEN``. It deletes the
   oldest entries whether or not the group has taken them.
-- ``block`` (default, DESIGN §4.2 fix) — no unacknowledged entry is ever trimmed, for any
+- ``block`` (default) — no unacknowledged entry is ever trimmed, for any
   consumer group on the stream (but those named in AAM_IGNORE_GROUPS). The XADD trims with
   ``MINID ~ <oldest id some group has not acknowledged>``, so only entries every group has
   delivered and acknowledged go; and publishing waits (back-pressure) while the slowest
@@ -40,7 +40,7 @@ log = structlog.get_logger("aam_bridge.publisher")
 
 # KEYS: stream, sync state. ARGV: trim strategy (MINID|MAXLEN), its threshold, the number of
 # entries n, the n payloads, then the checkpoint's field/value pairs. An error in any XADD
-# aborts the script before the HSET.
+# aborts the script before the HSET. Returns the stream's length after the XADDs and their ids.
 PUBLISH_SCRIPT = """
 local n = tonumber(ARGV[3])
 local ids = {}
@@ -50,7 +50,7 @@ end
 if #ARGV > 3 + n then
   redis.call('HSET', KEYS[2], unpack(ARGV, 4 + n, #ARGV))
 end
-return ids
+return {redis.call('XLEN', KEYS[1]), ids}
 """.replace("'PAYLOAD'", repr(PAYLOAD_FIELD.decode()))
 
 BACKPRESSURE_POLL_S = 0.2
@@ -101,11 +101,12 @@ class Publisher:
             args += [name, value]
         started = time.perf_counter()
         try:
-            entry_ids = await self._publish(keys=[self.stream, self.state_key], args=args)
+            length, entry_ids = await self._publish(keys=[self.stream, self.state_key], args=args)
         except (RedisError, OSError):
             metrics.PUBLISH_ERRORS.labels(*self.labels).inc()
             raise
         metrics.PUBLISH_SECONDS.labels(*self.labels).observe(time.perf_counter() - started)
+        metrics.STREAM_LENGTH.labels(*self.labels).set(length)
         self.room -= len(payloads)
         return [bytes(entry_id) for entry_id in entry_ids]
 

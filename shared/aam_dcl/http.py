@@ -96,13 +96,13 @@ async def health_server(
     port = default_port if port is None else port
     runner = await start_http_server(host, port, live=live, ready=ready)
     try:
-        yield bound_port(runner)
+        yield _bound_port(runner)
     finally:
         await runner.cleanup()
 
 
-def bound_port(runner: web.AppRunner) -> int:
-    """The port actually bound (useful with METRICS_PORT=0 in tests)."""
+def _bound_port(runner: web.AppRunner) -> int:
+    """The port actually bound (the free port chosen for METRICS_PORT=0)."""
     for site in runner.sites:
         server = getattr(site, "_server", None)
         if server is not None and server.sockets:

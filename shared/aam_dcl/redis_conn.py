@@ -19,10 +19,10 @@ from aam_dcl.config import Settings
 _SOCKET_MARGIN_S = 10.0
 
 
-def connect(settings: Settings, *, url: str | None = None) -> aioredis.Redis:
-    """A client for REDIS_URL (or ``url``). rediss:// verifies the server certificate."""
+def connect(settings: Settings) -> aioredis.Redis:
+    """A client for REDIS_URL. rediss:// verifies the server certificate."""
     return aioredis.Redis.from_url(
-        url or settings.effective_redis_url,
+        settings.effective_redis_url,
         socket_connect_timeout=5.0,
         socket_timeout=settings.block_ms / 1000 + _SOCKET_MARGIN_S,
         health_check_interval=30,

@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from aam_bridge import metrics
 from aam_bridge.connectors.base import Connector, ConnectorConfig, Page, TableSpec
 from aam_bridge.sync import SyncRunner
 from aam_dcl import keys
@@ -64,10 +65,13 @@ async def test_a_stream_that_refuses_xadd_leaves_the_checkpoint_and_loses_nothin
     settings = settings.model_copy(update={"batch_chunk_size": 20, "trim_policy": trim_policy})
     stream = keys.stream("default", "items")
     await redis.xadd(stream, {"payload": b"{}"}, id=LAST_POSSIBLE_ID)
+    errors = metrics.PUBLISH_ERRORS.labels("default", "items")
+    errors_before = errors._value.get()  # no public getter in prometheus_client
     client = connect(settings)
     try:
         with pytest.raises(ResponseError, match="last possible ID"):
             await runner(settings, client).run_once()
+        assert errors._value.get() == errors_before + 1  # aam_bridge_publish_errors_total
         state = await sync_state(redis)
         assert state[b"next_chunk"] == b"1"  # nothing was recorded as published
         assert state[b"pos_cursor"] == b""
@@ -107,11 +111,28 @@ async def test_a_maxlen_redis_refuses_leaves_the_checkpoint_and_loses_nothing(
     assert sorted(await published_ids(redis)) == list(range(RECORDS))
 
 
+@pytest.mark.parametrize("trim_policy", ["block", "trim"])
+async def test_the_stream_length_gauge_is_the_length_after_the_last_publish(
+    settings: Settings, redis: aioredis.Redis, trim_policy: str
+) -> None:
+    """aam_bridge_stream_length comes with every publish call's reply, not only from the
+    back-pressure check (which the trim policy never makes, and block makes before)."""
+    settings = settings.model_copy(update={"batch_chunk_size": 20, "trim_policy": trim_policy})
+    gauge = metrics.STREAM_LENGTH.labels("default", "items")
+    gauge.set(-1)
+    client = connect(settings)
+    try:
+        await runner(settings, client).run_once()
+    finally:
+        await client.aclose()
+    assert await redis.xlen(keys.stream("default", "items")) == 8  # 150 records, chunks of 20
+    assert gauge._value.get() == 8  # no public getter in prometheus_client
+
+
 async def test_a_bridge_whose_publish_fails_logs_the_failure_and_retries(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
     """The bridge counts the failed run, keeps the connector alive and succeeds once it can."""
-    from aam_bridge import metrics
     from aam_bridge.bridge import Bridge
 
     settings = settings.model_copy(update={"batch_chunk_size": 20})
