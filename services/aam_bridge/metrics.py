@@ -11,6 +11,11 @@ _C = ("tenant", "connector")
 RECORDS_PUBLISHED = Counter("aam_bridge_records_published", "Records published.", _C)
 BATCHES_PUBLISHED = Counter("aam_bridge_batches_published", "Stream entries published.", _C)
 PUBLISH_ERRORS = Counter("aam_bridge_publish_errors", "Failed publishes (retried).", _C)
+RECORDS_REJECTED = Counter(
+    "aam_bridge_records_rejected",
+    "Records not published, by reason (oversize: over AAM_MAX_PAYLOAD_BYTES on its own).",
+    [*_C, "reason"],
+)
 PUBLISH_SECONDS = Histogram(
     "aam_bridge_publish_duration_seconds",
     "Time of one XADD + checkpoint transaction.",
@@ -34,6 +39,7 @@ BUILD_INFO = Gauge("aam_bridge_build_info", "Build information.", ["version"])
 BUILD_INFO.labels(__version__).set(1)
 
 SYNC_STATUSES = ("succeeded", "failed")
+REJECT_REASONS = ("oversize",)
 
 
 def init_connector(tenant: str, connector: str) -> None:
@@ -44,6 +50,8 @@ def init_connector(tenant: str, connector: str) -> None:
         counter.labels(*labels)
     for status in SYNC_STATUSES:
         SYNC_RUNS.labels(*labels, status)
+    for reason in REJECT_REASONS:
+        RECORDS_REJECTED.labels(*labels, reason)
     PUBLISH_SECONDS.labels(*labels)
     BACKPRESSURE_ACTIVE.labels(*labels).set(0)
     STREAM_LENGTH.labels(*labels)

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
-import structlog
 
 from aam_bridge import metrics
 from aam_bridge.bridge import Bridge
@@ -17,26 +13,7 @@ from aam_bridge.connectors.base import Connector, ConnectorConfig, Page, TableSp
 from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.redis_conn import connect
-
-
-@contextlib.contextmanager
-def info_events() -> Iterator[list[dict[str, Any]]]:
-    """Every log event of the block from INFO up, recorded instead of printed."""
-    events: list[dict[str, Any]] = []
-    old = structlog.get_config()
-
-    def record(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-        events.append(dict(event_dict))
-        raise structlog.DropEvent
-
-    structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, record],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-    )
-    try:
-        yield events
-    finally:
-        structlog.configure(**old)
+from tests.integration.test_progress import info_logs
 
 
 class FlakyConnector(Connector):
@@ -70,7 +47,7 @@ async def test_a_failing_connector_is_retried_and_its_run_resumed_without_gap_or
     client = connect(settings)
     try:
         bridge = Bridge(settings, client, [FlakyConnector(config)], asyncio.Event())
-        with info_events() as events:
+        with info_logs() as events:
             await asyncio.wait_for(bridge.run(), 30)
     finally:
         await client.aclose()
