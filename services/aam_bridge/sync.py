@@ -1,4 +1,5 @@
-"""One sync run of one connector: read every table from its cursor, chunk, publish, checkpoint.
+"""One sync run of one connector: read every table from its cursor, chunk, publish, checkpoint
+(cutting and encoding the chunks is ``aam_bridge.chunks``; the checkpoint is ``SyncState``).
 
 The run's identity is its start time: ``batch_id = {connector}_{run_start_ms}_{chunk}``, with
 the chunk counter running from 1 across the run. Both are stored with the checkpoint in

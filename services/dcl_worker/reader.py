@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aam_dcl import keys
 from aam_dcl.config import Settings
+from aam_dcl.streams import as_text
 from aam_dcl.waiting import Backoff, StopWaiter
 from dcl_worker import metrics
 from dcl_worker.consumer import Entry, StreamConsumer
@@ -131,10 +132,7 @@ class StreamReader:
         reply = await self.waits.wait_for(call)
         if self.stopping.is_set() and reply is None:
             return  # abandoned: anything delivered stays pending and is re-read first
-        entries_of: dict[str, list[Entry]] = {
-            (key.decode() if isinstance(key, bytes) else key): entries
-            for key, entries in reply or []
-        }
+        entries_of: dict[str, list[Entry]] = {as_text(key): entries for key, entries in reply or []}
         work = []
         for consumer in consumers:
             entries = entries_of.get(consumer.stream) or []
