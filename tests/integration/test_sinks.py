@@ -254,6 +254,24 @@ async def test_what_a_stored_table_cannot_take_is_poison(sink: AnySink) -> None:
     assert await sink.count_rows() == {"crm__contacts": 1}
 
 
+@pytest.mark.parametrize("yields", [0, 1, 4, 16, 64, 256, 1024, 4096])
+async def test_a_cancelled_write_is_not_wrapped_and_its_retry_applies_once(
+    sink: AnySink, yields: int
+) -> None:
+    """A write cancelled at any point (after ``yields`` turns of the event loop) ends as
+    cancelled, never as a sink error; the sink stays usable, and the retried batch is applied
+    exactly once (the cancelled write either applied all of it or nothing)."""
+    b = batch("crm_1_1", [{"id": i, "name": f"n{i}"} for i in range(300)])
+    write = asyncio.create_task(sink.write([b]))
+    for _ in range(yields):
+        await asyncio.sleep(0)
+    write.cancel()
+    await asyncio.wait({write})
+    assert write.cancelled() or write.result() == set()
+    assert await sink.write([b]) in (set(), {"crm_1_1"})
+    assert await sink.count_rows() == {"crm__contacts": 300}
+
+
 # --- exactly once, in the store ----------------------------------------------------------
 
 

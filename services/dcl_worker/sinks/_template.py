@@ -14,6 +14,10 @@ driver's exceptions. One write() is one transaction:
    never replaces a newer row;
 5. after the commit, the tables' schemas are cached.
 
+open() settles the tenant's schema once for both (``_settle_schema``): the rule's or
+``?schema=``, an older store's default schema its tenant adopted, the owner record (the
+decisions are ``_tenancy``'s).
+
 Driver exceptions leave through ``_boundary`` as SinkUnavailable (retry) or SinkDataError,
 ``raise ... from exc``; a merge that the store rejects is probed one cast column at a time,
 to name the culprit. Cancellation passes untouched.
@@ -33,6 +37,7 @@ from aam_dcl.messages import Batch
 from dcl_worker.sinks._sql import (
     BATCH_ID_COLUMN,
     DEFAULT_MAX_COLUMNS,
+    INBOX_TABLE,
     INGESTED_AT_COLUMN,
     VERSION_COLUMN,
     TableChange,
@@ -43,10 +48,11 @@ from dcl_worker.sinks._sql import (
     plan_writes,
     qualified,
     quote_ident,
+    quote_literal,
     table_collision,
     unique_batches,
 )
-from dcl_worker.sinks._tenancy import tenant_schema
+from dcl_worker.sinks._tenancy import OWNER_TABLE, adopt_legacy, check_owner, tenant_schema
 from dcl_worker.sinks.base import Sink
 
 C = TypeVar("C")  # the dialect's handle of one connection, held for one call
@@ -111,6 +117,65 @@ class SqlSink(Sink, Generic[C]):
         # or DuckDB's stored spelling of this one.
         self.schema = schema or tenant_schema(tenant, self.default_schema)
         self._tables: dict[str, TableInfo] = {}  # committed knowledge only
+
+    # --- the tenant's schema, at open() -------------------------------------------------------
+
+    async def _settle_schema(self, con: C) -> str:
+        """Choose the tenant's schema and claim it (in the caller's transaction); returns the
+        stored spelling (DuckDB's ``dcl_tx`` is a ``dcl_TX`` made before)."""
+        return await self._claim_schema(con, await self._choose_schema(con))
+
+    async def _choose_schema(self, con: C) -> str:
+        """``?schema=``, else the tenant's by rule, unless this is a store from before tenant
+        schemas whose default schema this tenant has adopted (or adopts now)."""
+        if self._explicit_schema is not None:
+            return self._explicit_schema
+        default = self.default_schema
+        own = tenant_schema(self.tenant, default)
+        if own == default or await self._stored_schema(con, own) is not None:
+            return own
+        if await self._table_exists(con, default, OWNER_TABLE):
+            owners = await self._strings(
+                con, f"SELECT tenant FROM {qualified(default, OWNER_TABLE)}"
+            )
+            return default if owners == [self.tenant] else own
+        if await self._table_exists(con, default, INBOX_TABLE):
+            tenants = await self._strings(
+                con,
+                f"SELECT DISTINCT tenant FROM {qualified(default, INBOX_TABLE)} "
+                "WHERE tenant IS NOT NULL ORDER BY 1",
+            )
+            if adopt_legacy(default, self.tenant, tenants):
+                return default
+        return own
+
+    async def _claim_schema(self, con: C, schema: str) -> str:
+        """Create the schema, refuse it if another tenant owns it, record the owner, then
+        create the inbox (or give an older one its fingerprint column)."""
+        stored = await self._stored_schema(con, schema)
+        if stored is None:
+            await self._execute(con, f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+            stored = schema
+        owner, inbox = qualified(stored, OWNER_TABLE), qualified(stored, INBOX_TABLE)
+        tenant = quote_literal(self.tenant)
+        await self._execute(con, f"CREATE TABLE IF NOT EXISTS {owner} (tenant text NOT NULL)")
+        owners = await self._strings(con, f"SELECT tenant FROM {owner}")
+        had_inbox = await self._table_exists(con, stored, INBOX_TABLE)
+        others: list[str] = []
+        if not owners and had_inbox:
+            others = await self._strings(
+                con, f"SELECT DISTINCT tenant FROM {inbox} WHERE tenant <> {tenant} ORDER BY 1"
+            )
+        if check_owner(stored, self.tenant, owners, others):
+            await self._execute(con, f"INSERT INTO {owner} (tenant) VALUES ({tenant})")
+        await self._execute(
+            con,
+            f"CREATE TABLE IF NOT EXISTS {inbox} (batch_id text PRIMARY KEY, tenant text, "
+            "connector text, applied_at timestamptz, record_count int, fingerprint text)",
+        )
+        if had_inbox:
+            await self._upgrade_inbox(con, inbox)
+        return stored
 
     # --- the sequence -----------------------------------------------------------------------
 
@@ -204,6 +269,26 @@ class SqlSink(Sink, Generic[C]):
             raise error from exc
 
     # --- the dialect's hooks ----------------------------------------------------------------
+
+    @abstractmethod
+    async def _stored_schema(self, con: C, schema: str) -> str | None:
+        """The stored spelling of ``schema``, or None if there is no such schema."""
+
+    @abstractmethod
+    async def _table_exists(self, con: C, schema: str, table: str) -> bool:
+        """Whether ``schema`` holds a table ``table``."""
+
+    @abstractmethod
+    async def _upgrade_inbox(self, con: C, inbox: str) -> None:
+        """Give an inbox from before fingerprints the column (NULL: never compared)."""
+
+    @abstractmethod
+    async def _strings(self, con: C, sql: str) -> list[str]:
+        """The first column of ``sql``'s rows."""
+
+    @abstractmethod
+    async def _execute(self, con: C, sql: str) -> None:
+        """Run ``sql``."""
 
     @abstractmethod
     def _connection(self) -> AbstractAsyncContextManager[C]:

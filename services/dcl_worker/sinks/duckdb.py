@@ -50,18 +50,11 @@ from dcl_worker.sinks._sql import (
     TableChange,
     TableInfo,
     TableWrite,
-    qualified,
     quote_ident,
     quote_literal,
 )
 from dcl_worker.sinks._template import SqlSink, Staged, first_line
-from dcl_worker.sinks._tenancy import (
-    OWNER_TABLE,
-    adopt_legacy,
-    check_owner,
-    tenant_schema,
-    url_schema,
-)
+from dcl_worker.sinks._tenancy import OWNER_TABLE, url_schema
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -147,34 +140,36 @@ class DuckDBSink(SqlSink[_Session]):
         self._opened = False
         self._lock = asyncio.Lock()
 
-    # --- lifecycle, in the worker thread ------------------------------------------------------
+    # --- lifecycle --------------------------------------------------------------------------
 
     async def open(self) -> None:
         async with self._lock:
             if self._con is None:
-                self._con = await _in_thread(self._connect)
+                self._con = await self._connect()
             self._opened = True
 
-    def _connect(self) -> duckdb.DuckDBPyConnection:
+    async def _connect(self) -> duckdb.DuckDBPyConnection:
+        """Open the file, settle the tenant's schema and make it the connection's default."""
         if self.path != ":memory:":
-            self._check_path()
+            await _in_thread(self._check_path)
         with self._boundary("cannot open the file", opening=True):
-            con = duckdb.connect(self.path)
+            con = await _in_thread(duckdb.connect, self.path)
         prepared = False
         try:
             with self._boundary("cannot prepare the file", opening=True):
-                con.execute("SET TimeZone = 'UTC'")  # naive datetimes are read as UTC
-                con.begin()
-                schema = self._claim_schema(con, self._choose_schema(con))
-                con.commit()
-                con.execute(f"SET schema = {quote_literal(schema)}")
+                session = _Session(con)
+                # Naive datetimes are read as UTC.
+                await self._execute(session, "SET TimeZone = 'UTC'")
+                async with self._transaction(session):
+                    schema = await self._settle_schema(session)
+                await self._execute(session, f"SET schema = {quote_literal(schema)}")
             prepared = True
         finally:
-            if not prepared:
-                con.close()  # an open transaction is rolled back with it
+            if not prepared:  # failed or cancelled; an open transaction is rolled back with it
+                await _in_thread(con.close)
         self.schema = schema
         if self.path != ":memory:":  # the temp directory's spool files are anyone's
-            self._remove_leftover_spools()
+            await _in_thread(self._remove_leftover_spools)
         return con
 
     def _check_path(self) -> None:
@@ -200,59 +195,6 @@ class DuckDBSink(SqlSink[_Session]):
                     f"DCL_SINK_URL: the DuckDB path {self.path} is not writable ({target}); "
                     "choose a path the worker can write"
                 )
-
-    def _choose_schema(self, con: duckdb.DuckDBPyConnection) -> str:
-        """``?schema=``, else the tenant's by rule, unless this is a store from before tenant
-        schemas whose main schema this tenant has adopted (or adopts now)."""
-        if self._explicit_schema is not None:
-            return self._explicit_schema
-        own = tenant_schema(self.tenant, DEFAULT_SCHEMA)
-        if own == DEFAULT_SCHEMA or stored_schema(con, own) is not None:
-            return own
-        if table_exists(con, DEFAULT_SCHEMA, OWNER_TABLE):
-            owners = first_column(
-                con, f"SELECT tenant FROM {qualified(DEFAULT_SCHEMA, OWNER_TABLE)}"
-            )
-            return DEFAULT_SCHEMA if owners == [self.tenant] else own
-        if table_exists(con, DEFAULT_SCHEMA, INBOX_TABLE):
-            tenants = first_column(
-                con,
-                f"SELECT DISTINCT tenant FROM {qualified(DEFAULT_SCHEMA, INBOX_TABLE)} "
-                "WHERE tenant IS NOT NULL ORDER BY 1",
-            )
-            if adopt_legacy(DEFAULT_SCHEMA, self.tenant, tenants):
-                return DEFAULT_SCHEMA
-        return own
-
-    def _claim_schema(self, con: duckdb.DuckDBPyConnection, schema: str) -> str:
-        """Create the schema, refuse it if another tenant owns it, record the owner, create the
-        inbox (or give an older one its fingerprint column). Returns the stored spelling:
-        DuckDB's ``dcl_tx`` is a ``dcl_TX`` made before, which the owner record then names."""
-        stored = stored_schema(con, schema)
-        if stored is None:
-            con.execute(f"CREATE SCHEMA {quote_ident(schema)}")
-            stored = schema
-        owner, inbox = qualified(stored, OWNER_TABLE), qualified(stored, INBOX_TABLE)
-        con.execute(f"CREATE TABLE IF NOT EXISTS {owner} (tenant VARCHAR NOT NULL)")
-        owners = first_column(con, f"SELECT tenant FROM {owner}")
-        had_inbox = table_exists(con, stored, INBOX_TABLE)
-        others: list[str] = []
-        if not owners and had_inbox:
-            others = first_column(
-                con,
-                f"SELECT DISTINCT tenant FROM {inbox} WHERE tenant <> ? ORDER BY 1",
-                [self.tenant],
-            )
-        if check_owner(stored, self.tenant, owners, others):
-            con.execute(f"INSERT INTO {owner} VALUES (?)", [self.tenant])
-        con.execute(
-            f"CREATE TABLE IF NOT EXISTS {inbox} (batch_id VARCHAR PRIMARY KEY, "
-            "tenant VARCHAR, connector VARCHAR, applied_at TIMESTAMPTZ, record_count INTEGER, "
-            "fingerprint VARCHAR)"
-        )
-        if had_inbox:  # an inbox from before fingerprints gets the column (NULL: not compared)
-            con.execute(f"ALTER TABLE {inbox} ADD COLUMN IF NOT EXISTS fingerprint VARCHAR")
-        return stored
 
     def _remove_leftover_spools(self) -> None:
         """Spool files of this database left by an earlier process (killed mid-write)."""
@@ -287,7 +229,7 @@ class DuckDBSink(SqlSink[_Session]):
             if self._con is None:
                 if not self._opened:
                     raise SinkUnavailable("the DuckDB sink is not open: call open() first")
-                self._con = await _in_thread(self._connect)
+                self._con = await self._connect()
             con = self._con
             try:
                 yield _Session(con)
@@ -299,14 +241,30 @@ class DuckDBSink(SqlSink[_Session]):
 
     @contextlib.asynccontextmanager
     async def _transaction(self, s: _Session) -> AsyncIterator[None]:
-        await _in_thread(s.con.begin)
         committed = False
         try:
+            await _in_thread(s.con.begin)  # in the try: a caller cancelled here has begun too
             yield
-            await _in_thread(s.con.commit)
+            await _in_thread(_commit, s)
             committed = True
         finally:
-            await _in_thread(_finish, s, committed)
+            if not committed:  # the write failed, was cancelled, or its commit failed
+                await _in_thread(_roll_back, s)
+
+    async def _stored_schema(self, s: _Session, schema: str) -> str | None:
+        return await _in_thread(stored_schema, s.con, schema)
+
+    async def _table_exists(self, s: _Session, schema: str, table: str) -> bool:
+        return await _in_thread(table_exists, s.con, schema, table)
+
+    async def _upgrade_inbox(self, s: _Session, inbox: str) -> None:
+        await self._execute(s, f"ALTER TABLE {inbox} ADD COLUMN IF NOT EXISTS fingerprint VARCHAR")
+
+    async def _strings(self, s: _Session, sql: str) -> list[str]:
+        return await _in_thread(first_column, s.con, sql)
+
+    async def _execute(self, s: _Session, sql: str) -> None:
+        await _in_thread(s.con.execute, sql)
 
     async def _claim_batches(self, s: _Session, batches: list[Batch]) -> dict[str, str | None]:
         return await _in_thread(_claim, s.con, self.tenant, batches)
@@ -343,7 +301,7 @@ class DuckDBSink(SqlSink[_Session]):
         )
 
     async def _merge(self, s: _Session, sql: str) -> None:
-        await _in_thread(s.con.execute, sql)
+        await self._execute(s, sql)
 
     async def _probe(self, s: _Session, staged: Staged, column: str) -> str | None:
         return await _in_thread(_probe, s.con, staged.location, column, staged.casts[column])
@@ -373,12 +331,19 @@ async def _in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T
         raise
 
 
-def _finish(s: _Session, committed: bool) -> None:
-    """Roll back a write that did not commit, and remove its spool files."""
-    if not committed:
-        # DuckDB may have aborted the transaction already: nothing left to roll back then.
-        with contextlib.suppress(duckdb.Error):
-            s.con.rollback()
+def _commit(s: _Session) -> None:
+    s.con.commit()
+    _remove_spools(s)
+
+
+def _roll_back(s: _Session) -> None:
+    # DuckDB may have aborted the transaction already: nothing left to roll back then.
+    with contextlib.suppress(duckdb.Error):
+        s.con.rollback()
+    _remove_spools(s)
+
+
+def _remove_spools(s: _Session) -> None:
     for path in s.spooled:
         _remove(path)
 

@@ -40,13 +40,7 @@ from dcl_worker.sinks._sql import (
     quote_ident,
 )
 from dcl_worker.sinks._template import SqlSink, Staged, first_line
-from dcl_worker.sinks._tenancy import (
-    OWNER_TABLE,
-    adopt_legacy,
-    check_owner,
-    tenant_schema,
-    url_schema,
-)
+from dcl_worker.sinks._tenancy import OWNER_TABLE, url_schema
 
 _FROM_STORE = {sql: logical for logical, sql in TYPES.items()}
 # SQLSTATE classes that mean "the store is not usable now", not "this data is bad":
@@ -136,62 +130,13 @@ class PostgresSink(SqlSink[asyncpg.Connection]):
         # only one may decide about adopting an older store's default schema.
         await _advisory_lock(con, "aam-dcl:open")
         try:
-            self.schema = await self._choose_schema(con)
-            await self._claim_schema(con)
+            self.schema = await self._settle_schema(con)
         except asyncpg.InsufficientPrivilegeError as exc:
             raise ConfigError(
                 f"DCL_SINK_URL: PostgreSQL ({self._where()}) refuses to create the tenant's "
                 f"schema or inbox: {exc}. Grant CREATE on the database (or the schema), or "
                 "create the schema for the worker's user"
             ) from exc
-
-    async def _choose_schema(self, con: asyncpg.Connection) -> str:
-        """``?schema=``, else the tenant's by rule, unless this is a store from before tenant
-        schemas whose default schema this tenant has adopted (or adopts now)."""
-        if self._explicit_schema is not None:
-            return self._explicit_schema
-        own = tenant_schema(self.tenant, DEFAULT_SCHEMA)
-        if own == DEFAULT_SCHEMA or await _schema_exists(con, own):
-            return own
-        if await _table_exists(con, DEFAULT_SCHEMA, OWNER_TABLE):
-            owners = await con.fetch(f"SELECT tenant FROM {qualified(DEFAULT_SCHEMA, OWNER_TABLE)}")
-            return DEFAULT_SCHEMA if [r[0] for r in owners] == [self.tenant] else own
-        if await _table_exists(con, DEFAULT_SCHEMA, INBOX_TABLE):
-            rows = await con.fetch(
-                f"SELECT DISTINCT tenant FROM {qualified(DEFAULT_SCHEMA, INBOX_TABLE)} "
-                "WHERE tenant IS NOT NULL ORDER BY 1"
-            )
-            if adopt_legacy(DEFAULT_SCHEMA, self.tenant, [r[0] for r in rows]):
-                return DEFAULT_SCHEMA
-        return own
-
-    async def _claim_schema(self, con: asyncpg.Connection) -> None:
-        """Create the schema, refuse it if another tenant owns it, record the owner, then
-        create the inbox (or give an older one its fingerprint column)."""
-        if not await _schema_exists(con, self.schema):
-            await con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
-        owner, inbox = self._name(OWNER_TABLE), self._name(INBOX_TABLE)
-        await con.execute(f"CREATE TABLE IF NOT EXISTS {owner} (tenant text NOT NULL)")
-        owners = [r[0] for r in await con.fetch(f"SELECT tenant FROM {owner}")]
-        had_inbox = await _table_exists(con, self.schema, INBOX_TABLE)
-        others: list[str] = []
-        if not owners and had_inbox:
-            rows = await con.fetch(
-                f"SELECT DISTINCT tenant FROM {inbox} WHERE tenant <> $1 ORDER BY 1", self.tenant
-            )
-            others = [r[0] for r in rows]
-        if check_owner(self.schema, self.tenant, owners, others):
-            await con.execute(f"INSERT INTO {owner} (tenant) VALUES ($1)", self.tenant)
-        await con.execute(
-            f"CREATE TABLE IF NOT EXISTS {inbox} (batch_id text PRIMARY KEY, tenant text, "
-            "connector text, applied_at timestamptz, record_count int, fingerprint text)"
-        )
-        if had_inbox and not await con.fetchval(
-            "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) "
-            "AND attname = 'fingerprint' AND NOT attisdropped",
-            inbox,
-        ):  # an inbox from before fingerprints; checked first: ALTER would lock every writer out
-            await con.execute(f"ALTER TABLE {inbox} ADD COLUMN IF NOT EXISTS fingerprint text")
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -207,6 +152,28 @@ class PostgresSink(SqlSink[asyncpg.Connection]):
         return translate_pg(exc, self._where(), what, opening=opening)
 
     # --- connections, inbox, catalog, DDL ---------------------------------------------------
+
+    async def _stored_schema(self, con: asyncpg.Connection, schema: str) -> str | None:
+        found = await con.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema)
+        return None if found is None else schema
+
+    async def _table_exists(self, con: asyncpg.Connection, schema: str, table: str) -> bool:
+        found = await con.fetchval("SELECT to_regclass($1)", qualified(schema, table))
+        return found is not None
+
+    async def _upgrade_inbox(self, con: asyncpg.Connection, inbox: str) -> None:
+        if not await con.fetchval(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) "
+            "AND attname = 'fingerprint' AND NOT attisdropped",
+            inbox,
+        ):  # checked first: ALTER would lock every writer out
+            await con.execute(f"ALTER TABLE {inbox} ADD COLUMN IF NOT EXISTS fingerprint text")
+
+    async def _strings(self, con: asyncpg.Connection, sql: str) -> list[str]:
+        return [str(r[0]) for r in await con.fetch(sql)]
+
+    async def _execute(self, con: asyncpg.Connection, sql: str) -> None:
+        await con.execute(sql)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -419,16 +386,6 @@ class PostgresSink(SqlSink[asyncpg.Connection]):
 
 async def _advisory_lock(con: asyncpg.Connection, key: str) -> None:
     await con.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
-
-
-async def _schema_exists(con: asyncpg.Connection, schema: str) -> bool:
-    found = await con.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema)
-    return found is not None
-
-
-async def _table_exists(con: asyncpg.Connection, schema: str, table: str) -> bool:
-    found = await con.fetchval("SELECT to_regclass($1)", qualified(schema, table))
-    return found is not None
 
 
 def _expr(column: str, logical: str) -> str:
