@@ -165,6 +165,7 @@ class Encoder:
                     records,
                     primary_key=self.table.primary_key,
                     max_samples=self.settings.max_samples_per_table,
+                    column_types=self.table.column_types,
                 )
             ],
             tenant_id=self.settings.tenant_id,

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from aam_dcl.messages import PAYLOAD_FIELD
+from aam_dcl.streams import as_text
 
 ERROR_MAX_CHARS = 2000  # an error text is cut to this in the entry
 
@@ -56,7 +57,7 @@ class DeadLetter:
         fields = fields or {}
 
         def text(name: str) -> str:
-            return _text(fields.get(name.encode(), b""))
+            return as_text(fields.get(name.encode(), b""))
 
         def number(name: str) -> int:
             value = text(name)
@@ -70,7 +71,7 @@ class DeadLetter:
             error_type=text("error_type"),
             error=text("error"),
             consumer=text("consumer"),
-            entry_id=_text(entry_id or ""),
+            entry_id=as_text(entry_id or ""),
             connector=connector,
             deliveries=number("deliveries"),
             failed_at_ms=number("failed_at_ms"),
@@ -108,7 +109,3 @@ class DeadLetter:
 def escaped(raw: bytes) -> str:
     """Bytes shown safely: valid UTF-8 as text, anything else as backslash escapes."""
     return raw.decode("utf-8", errors="backslashreplace")
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
