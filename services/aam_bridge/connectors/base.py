@@ -69,6 +69,18 @@ class Connector(ABC):
     async def tables(self) -> list[TableSpec]:
         """The tables this connector syncs, in a stable order."""
 
+    def reads_in_full(self, table: TableSpec, cursor: str | None) -> bool:
+        """True if ``read(table, cursor)`` yields every row the table holds, so that a row it
+        does not yield no longer exists at the source.
+
+        A cursor cannot see deletes; a read in full can: the bridge marks such a run of the
+        table as a full refresh, and the store deletes the rows the run did not write. Ask
+        with the cursor the table's run started from (a resumed run keeps it), not a page
+        cursor. Default: only a read from no cursor. A connector that re-reads a table from
+        the start on every run (no change cursor) says True for that table's end cursors.
+        """
+        return cursor is None
+
     @abstractmethod
     def read(self, table: TableSpec, cursor: str | None) -> AsyncIterator[Page]:
         """Yield the records changed after ``cursor`` (None: everything), in a stable order,
