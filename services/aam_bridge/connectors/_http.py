@@ -242,7 +242,7 @@ class HttpClient:
     ) -> HttpResponse:
         """Send one request (a path is resolved against the token's ``base_url``) and return
         its 2xx response; retries, waits and renews the token as the module says."""
-        where = f"{self.vendor} {method} {urlsplit(url).path or url}"
+        where = f"{self.vendor} {method} {_path_of(url)}"
         attempt = 0  # retries spent (timeouts, connections, 429/5xx)
         renewed = False
         while True:
@@ -342,7 +342,7 @@ class HttpClient:
                 raise ConnectorError(self.redact(f"{self.vendor} {method}: {exc}")) from exc
         self._count(str(response.status))
         log.debug(
-            "http_request", vendor=self.vendor, method=method, path=urlsplit(url).path,
+            "http_request", vendor=self.vendor, method=method, path=_path_of(url),
             status=response.status, duration_ms=round((time.monotonic() - started) * 1000, 1),
         )  # fmt: skip
         return response
@@ -400,6 +400,14 @@ def retry_after_s(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+def _path_of(url: str) -> str:
+    """The path of ``url``, for messages and logs: the query may be long, the host is known."""
+    try:
+        return urlsplit(url).path or url
+    except ValueError:  # not a URL at all: say so without echoing it
+        return "<invalid URL>"
 
 
 def _expiring(token: Token) -> bool:
