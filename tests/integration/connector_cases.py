@@ -9,14 +9,21 @@ contract by adding one ``ConnectorCase`` to ``CASES``.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
+
+import asyncpg
 
 from aam_bridge.connectors.base import Connector, ConnectorConfig
 from aam_bridge.connectors.demo import DemoConnector
+from aam_bridge.connectors.postgres import PostgresConnector
 from aam_bridge.connectors.salesforce import SalesforceConnector
 from aam_dcl.messages import Record
+from tests.conftest import PG_ADMIN_DSN
 from tests.fakes import salesforce as sf_fake
 
 Rows = dict[tuple[Any, ...], Record]  # primary key values -> the row
@@ -67,6 +74,156 @@ class DemoSource:
 
     async def close(self) -> None:
         await self.connector.close()
+
+
+POSTGRES_SCHEMA = """
+CREATE TABLE orders (
+    id bigint PRIMARY KEY, customer text NOT NULL, amount numeric(12, 2), paid bool NOT NULL,
+    tags jsonb, updated_at timestamptz NOT NULL
+);
+CREATE INDEX ON orders (updated_at, id);
+CREATE TABLE regions (code text PRIMARY KEY, name text NOT NULL, population bigint);
+INSERT INTO regions
+    SELECT 'R' || lpad(g::text, 2, '0'), 'Region ' || g, g * 1000 FROM generate_series(1, 50) g;
+"""
+POSTGRES_ORDERS = """
+INSERT INTO orders
+    SELECT g, 'customer-' || g % 17, CASE WHEN g % 11 <> 0 THEN round(g * 7.31, 2) END,
+           g % 3 = 0, jsonb_build_object('tier', g % 4, 'code', 'c' || g),
+           $3::timestamptz + (g - $1) / 7 * interval '1 second'  -- 7 rows per cursor value
+    FROM generate_series($1::bigint, $2::bigint) g
+"""
+
+
+class PostgresSource:
+    """A database of its own on the local PostgreSQL (created when the connector opens,
+    dropped on close): ``orders`` read by its ``updated_at`` cursor, seven rows to a cursor
+    value, and ``regions`` read in full on every run.
+
+    ``truth`` reads the tables directly. Its datetimes and decimals equal both what the
+    connector yields and their JSON forms (ISO text, float), since the resume test compares
+    it with records read back from the published batches.
+    """
+
+    def __init__(self, orders: int, page_size: int) -> None:
+        self.database = f"aam_dcl_contract_{uuid.uuid4().hex[:12]}"
+        self.dsn = f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{self.database}"
+        self.orders = orders
+        self.connector = _CreatingPostgres(
+            self,
+            ConnectorConfig(
+                name="shop",
+                type="postgres",
+                connector_config_id="shop-contract",
+                schedule_s=None,
+                options={
+                    "dsn": self.dsn,
+                    "tables": {"orders": {"cursor": "updated_at"}, "regions": {}},
+                    "page_size": page_size,
+                },
+            ),
+        )
+
+    async def create(self) -> None:
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await admin.execute(f'CREATE DATABASE "{self.database}"')
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.execute(POSTGRES_SCHEMA)
+            start = dt.datetime(2025, 11, 4, tzinfo=dt.UTC)
+            await conn.execute(POSTGRES_ORDERS, 1, self.orders, start)
+        finally:
+            await conn.close()
+
+    async def truth(self, table: str) -> Rows:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.set_type_codec(
+                "jsonb", schema="pg_catalog", encoder=json.dumps, decoder=json.loads
+            )
+            rows = await conn.fetch(f'SELECT * FROM "{table}"')
+        finally:
+            await conn.close()
+        key = "id" if table == "orders" else "code"
+        return {(row[key],): {k: _as_published(v) for k, v in row.items()} for row in rows}
+
+    async def change(self) -> None:
+        """Updates every 20th order (all to one new cursor value), adds 12 orders after it,
+        and updates and adds regions."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            newest = await conn.fetchval("SELECT max(updated_at) FROM orders")
+            later = newest + dt.timedelta(minutes=1)
+            await conn.execute(
+                "UPDATE orders SET amount = amount + 1, paid = NOT paid, updated_at = $1 "
+                "WHERE id % 20 = 0",
+                later,
+            )
+            first = await conn.fetchval("SELECT max(id) + 1 FROM orders")
+            await conn.execute(POSTGRES_ORDERS, first, first + 11, later)
+            await conn.execute(
+                "UPDATE regions SET population = population + 1 WHERE code IN ('R02', 'R13');"
+                "INSERT INTO regions SELECT 'R' || (count(*) + 1), 'New region', 1 FROM regions"
+            )
+        finally:
+            await conn.close()
+
+    async def close(self) -> None:
+        await self.connector.close()
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+class _CreatingPostgres(PostgresConnector):
+    """The case's connector: opening it first creates the source (the contract's fixture
+    opens the connector right after building the case)."""
+
+    def __init__(self, source: PostgresSource, config: ConnectorConfig) -> None:
+        super().__init__(config)
+        self.source = source
+
+    async def open(self) -> None:
+        await self.source.create()
+        await super().open()
+
+
+class _Instant(dt.datetime):
+    """A datetime that also equals its ISO text: what a datetime is after JSON."""
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            try:
+                other = dt.datetime.fromisoformat(other)
+            except ValueError:
+                return False
+        return super().__eq__(other)
+
+    __hash__ = dt.datetime.__hash__
+
+
+class _Exact(Decimal):
+    """A Decimal that also equals the float JSON decodes its digits to."""
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, float):
+            other = Decimal(repr(other))
+        return super().__eq__(other)
+
+    __hash__ = Decimal.__hash__
+
+
+def _as_published(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return _Instant.combine(value.date(), value.timetz())
+    if isinstance(value, Decimal):
+        return _Exact(value)
+    return value
 
 
 class SalesforceSource:
@@ -146,4 +303,5 @@ CASES = [
     ConnectorCase(
         "salesforce", lambda: SalesforceSource(opportunities=130, accounts=50, page_size=40)
     ),
+    ConnectorCase("postgres", lambda: PostgresSource(orders=230, page_size=40)),
 ]
