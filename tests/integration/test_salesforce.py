@@ -156,14 +156,34 @@ async def test_every_field_is_read_when_none_are_listed_except_compound_ones_but
     assert contacts[0]["Name"] == "Ana0 Silva0"
 
 
-async def test_tables_are_the_lower_case_object_names_keyed_by_id(sf: FakeSalesforce) -> None:
-    connector = make(sf, objects=["Opportunity", "Invoice__c", "Account"])
-    assert await connector.tables() == [
-        OPPORTUNITY,
-        TableSpec("invoice__c", ("Id",)),
-        ACCOUNT,
-    ]
-    assert sf.log == [], "tables() does no I/O"
+async def test_tables_are_the_lower_case_object_names_keyed_by_id_typed_by_describe(
+    sf: FakeSalesforce,
+) -> None:
+    """tables() describes each object once and declares the columns' types; the next read
+    of each table uses that describe. A text field whose values look like dates stays a
+    string column."""
+    sf.objects["Account"].fields["Website"].type = "string"
+    sf.insert("Account", Website="2025-01-01")
+    connector = make(sf, objects={"Opportunity": ["Amount", "CloseDate"], "Account": None})
+    async with opened(connector):
+        tables = await connector.tables()
+        assert [(t.name, t.primary_key) for t in tables] == [
+            ("opportunity", ("Id",)),
+            ("account", ("Id",)),
+        ]
+        assert dict(tables[0].column_types) == {
+            "Id": "string",
+            "Amount": "numeric",
+            "CloseDate": "date",
+            "SystemModstamp": "datetime",
+        }
+        assert tables[1].column_types["NumberOfEmployees"] == "integer"
+        assert tables[1].column_types["Website"] == "string"
+        assert len(sf.requests_to("/describe")) == 2
+        await pages(connector, tables[1])
+        assert len(sf.requests_to("/describe")) == 2, "the read used the describe of tables()"
+        await pages(connector, tables[1])
+        assert len(sf.requests_to("/describe")) == 3, "a later read describes again"
 
 
 async def test_an_incremental_read_yields_updates_creates_and_soft_deletes_only(
@@ -183,11 +203,27 @@ async def test_an_incremental_read_yields_updates_creates_and_soft_deletes_only(
         sf.update("Opportunity", old[0], Amount=None)
         changes = await pages(connector, OPPORTUNITY, first[-1].cursor)
         again = await pages(connector, OPPORTUNITY, changes[-1].cursor)
+        assert not connector.reads_in_full(OPPORTUNITY, first[-1].cursor)
     assert ids(changes) == [old[2], new, old[0]]
     assert records(changes)[0]["StageName"] == "Closed Won"
     assert [d for page in changes for d in page.deleted] == [{"Id": old[5]}]
     assert records(again) == []
     assert again[-1].cursor == changes[-1].cursor
+
+
+async def test_a_bridge_run_publishes_soft_deletes_as_deleted_keys(
+    sf: FakeSalesforce, redis: aioredis.Redis, settings: Settings
+) -> None:
+    seed(sf, opportunities=4)
+    connector = make(sf, objects=["Opportunity"])
+    async with opened(connector):
+        await SyncRunner(settings, redis, connector).run_once()
+        gone = sf.live_rows("Opportunity")[1]["Id"]
+        sf.delete("Opportunity", gone)
+        await SyncRunner(settings, redis, connector).run_once()
+    entries = await redis.xrange(keys.stream("default", "salesforce"))
+    last = messages.decode(entries[-1][1], 2**30).tables[0]
+    assert (last.records, last.deleted) == ([], [{"Id": gone}])
 
 
 async def test_an_empty_object_yields_one_page_whose_cursor_starts_over_later(
@@ -196,6 +232,8 @@ async def test_an_empty_object_yields_one_page_whose_cursor_starts_over_later(
     async with opened(make(sf)) as connector:
         empty = await pages(connector, OPPORTUNITY)
         assert [(p.records, p.cursor) for p in empty] == [([], "{}")]
+        assert connector.reads_in_full(OPPORTUNITY, None)
+        assert connector.reads_in_full(OPPORTUNITY, "{}")
         seed(sf, opportunities=2)
         assert ids(await pages(connector, OPPORTUNITY, empty[-1].cursor)) == [
             r["Id"] for r in truth(sf, "Opportunity")
@@ -297,10 +335,15 @@ async def test_a_request_limit_storm_stops_the_run_at_its_checkpoint_and_a_later
         result = await SyncRunner(settings, redis, connector).run_once()
     assert result.resumed
     entries = await redis.xrange(keys.stream("default", "salesforce"))
-    published = [
-        r for _, f in entries for t in messages.decode(f, 2**30).tables for r in t.records or []
-    ]
+    parts = [t for _, f in entries for t in messages.decode(f, 2**30).tables]
+    published = [r for part in parts for r in part.records or []]
     assert sorted(r["Id"] for r in published) == sorted(r["Id"] for r in truth(sf, "Opportunity"))
+    declared = {c.name: c.type for c in parts[0].schema.columns}
+    assert (declared["Amount"], declared["CloseDate"], declared["IsClosed"]) == (
+        "numeric",
+        "date",
+        "boolean",
+    )
 
 
 async def test_a_field_deleted_after_the_describe_is_described_again_and_the_read_goes_on(

@@ -4,7 +4,8 @@ on (SystemModstamp, Id), soft deletes reported as deletes.
 A table is an object's API name in lower case (``Opportunity`` -> ``opportunity``,
 ``Invoice__c`` -> ``invoice__c``; the store names it ``{connector}__{table}``): the stores
 compare names ignoring ASCII case, as Salesforce does, so lower case is the one spelling.
-Its primary key is ``Id``. A read describes the object, then pages through
+Its primary key is ``Id``, its column types those of the object's describe (made by
+``tables()``, used by the next read, made again if a field went away). A read pages through
 ``SELECT <fields> FROM <object> WHERE <after the cursor> ORDER BY SystemModstamp, Id``; each
 page's cursor is the (SystemModstamp, Id) of its last row, so any page's cursor resumes
 exactly after it, and rows sharing a SystemModstamp across a page or run boundary are
@@ -155,6 +156,7 @@ class SalesforceConnector(Connector):
         self._auth = SalesforceAuth(login_url.rstrip("/"), client_id, client_secret, refresh_token)
         self._secrets = [s for s in (client_secret, refresh_token) if s]
         self._tables = {name.lower(): name for name in self.objects}
+        self._plans: dict[str, q.FieldPlan] = {}  # described by tables(), for the next read
         self._http: HttpClient | None = None
 
     async def open(self) -> None:
@@ -166,12 +168,22 @@ class SalesforceConnector(Connector):
             await http.close()
 
     async def tables(self) -> list[TableSpec]:
-        return [TableSpec(table, (q.KEY_FIELD,)) for table in self._tables]
+        """Describes every object, so each table declares its columns' types; the next
+        read of each table uses that describe."""
+        self._plans = {name: await self._plan(name) for name in self.objects}
+        return [
+            TableSpec(table, (q.KEY_FIELD,), self._plans[name].column_types)
+            for table, name in self._tables.items()
+        ]
+
+    def reads_in_full(self, table: TableSpec, cursor: str | None) -> bool:
+        """From no cursor, or from the cursor of a table that was empty, every row is read."""
+        return q.parse_cursor(cursor) is None
 
     async def read(self, table: TableSpec, cursor: str | None) -> AsyncIterator[Page]:
         name = self._object_of(table.name)
         after = q.parse_cursor(cursor)
-        plan = await self._plan(name)
+        plan = self._plans.pop(name, None) or await self._plan(name)
         redescribed = False
         restarts = 0  # expired query locators since the last page
         next_url: str | None = None

@@ -104,12 +104,15 @@ class FieldPlan:
 
     object_name: str
     select: tuple[str, ...]
-    converters: Mapping[str, Converter]  # the record's columns, in order
+    column_types: Mapping[str, str]  # the record's columns, in order, and their types
     sees_deletes: bool  # IsDeleted is selected: a row with IsDeleted=true is a delete
     missing: tuple[str, ...] = ()  # listed fields the object does not have (any more)
 
     def record(self, raw: Mapping[str, Any]) -> Record:
-        return {name: convert(raw.get(name)) for name, convert in self.converters.items()}
+        return {
+            name: _CONVERTERS.get(kind, _as_is)(raw.get(name))
+            for name, kind in self.column_types.items()
+        }
 
 
 def plan_fields(object_name: str, describe: Any, wanted: tuple[str, ...] | None) -> FieldPlan:
@@ -144,8 +147,8 @@ def plan_fields(object_name: str, describe: Any, wanted: tuple[str, ...] | None)
             columns.append(CURSOR_FIELD)
     sees_deletes = DELETED_FIELD in types
     select = [*columns, DELETED_FIELD] if sees_deletes and DELETED_FIELD not in columns else columns
-    converters = {n: _CONVERTERS.get(column_type(types[n]), _as_is) for n in columns}
-    return FieldPlan(object_name, tuple(select), converters, sees_deletes, tuple(missing))
+    column_types = {n: column_type(types[n]) for n in columns}
+    return FieldPlan(object_name, tuple(select), column_types, sees_deletes, tuple(missing))
 
 
 def _describe_types(object_name: str, describe: Any) -> dict[str, str]:
