@@ -109,6 +109,7 @@ class FakeSalesforce:
         self.limit_storm = False  # every API request gets 403 REQUEST_LIMIT_EXCEEDED
         self.storm_after: int | None = None  # ... after this many more API requests
         self.delay_s = 0.0  # each API request takes this long
+        self.max_url_chars: int | None = None  # a longer request URL gets 414 URI Too Long
         self.in_flight = 0
         self.max_in_flight = 0
         self.issued: list[str] = []  # every access token handed out
@@ -301,7 +302,9 @@ class FakeSalesforce:
 
     async def _answer(self, request: web.Request, handler: Any) -> web.StreamResponse:
         response: web.StreamResponse
-        if self._fail_next:
+        if self.max_url_chars is not None and len(str(request.rel_url)) > self.max_url_chars:
+            response = web.Response(status=414, text="URI Too Long")
+        elif self._fail_next:
             status, retry_after = self._fail_next.pop(0)
             headers = {"Retry-After": retry_after} if retry_after is not None else {}
             response = _errors(status, "SERVER_UNAVAILABLE", "Service Unavailable", headers)

@@ -401,6 +401,13 @@ async def test_an_unknown_object_names_the_option_to_check(sf: FakeSalesforce) -
             await pages(connector, TableSpec("lead", ("Id",)))
 
 
+async def test_a_query_too_long_for_a_url_says_to_list_the_fields(sf: FakeSalesforce) -> None:
+    sf.max_url_chars = 150  # the describe fits, the query of every field does not
+    async with opened(make(sf)) as connector:
+        with pytest.raises(ConnectorError, match=r"HTTP 414.*list the fields to read"):
+            await pages(connector, OPPORTUNITY)
+
+
 # --- authentication -------------------------------------------------------------------------
 
 

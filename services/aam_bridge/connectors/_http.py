@@ -273,18 +273,22 @@ class HttpClient:
             if status in RETRY_STATUSES and attempt < self.options.max_retries:
                 attempt += 1
                 reason = "status_429" if status == 429 else "status_5xx"
-                asked = retry_after_s(response.headers.get("Retry-After"))
-                if asked is not None and asked > MAX_RETRY_AFTER_S:
-                    raise self._status_error(
-                        where, response, f" (Retry-After {asked:.0f} s: the run stops here)"
-                    )
-                if asked is not None:
-                    metrics.HTTP_WAIT_SECONDS.labels(*self._labels, "retry_after").inc(asked)
-                    await self._retry_wait(reason, asked, where, status=status)
-                else:
-                    await self._retry_wait(reason, self._backoff_s(attempt), where, status=status)
+                delay_s = self._delay_for(response, attempt, where)
+                await self._retry_wait(reason, delay_s, where, status=status)
                 continue
             raise self._status_error(where, response, "")
+
+    def _delay_for(self, response: HttpResponse, attempt: int, where: str) -> float:
+        """How long to wait before retry ``attempt``: what a Retry-After asks (raising if
+        that is longer than MAX_RETRY_AFTER_S), else the backoff."""
+        asked = retry_after_s(response.headers.get("Retry-After"))
+        if asked is None:
+            return self._backoff_s(attempt)
+        if asked > MAX_RETRY_AFTER_S:
+            extra = f" (Retry-After {asked:.0f} s: the run stops here)"
+            raise self._status_error(where, response, extra)
+        metrics.HTTP_WAIT_SECONDS.labels(*self._labels, "retry_after").inc(asked)
+        return asked
 
     async def _current_token(self) -> Token:
         async with self._token_lock:  # one renewal at a time; the others wait for it

@@ -126,9 +126,9 @@ class SalesforceConnector(Connector):
                 "login host, e.g. https://login.salesforce.com or "
                 "https://MyDomain.my.salesforce.com (the token path is added)"
             )
-        client_id = _secret_or_none(opts, "client_id")
-        client_secret = _secret_or_none(opts, "client_secret")
-        refresh_token = _secret_or_none(opts, "refresh_token")
+        client_id = _text_option(opts, "client_id")
+        client_secret = _text_option(opts, "client_secret")
+        refresh_token = _text_option(opts, "refresh_token")
         if client_id is None:
             raise ConfigError("options.client_id is required: the connected app's consumer key")
         if client_secret is None and refresh_token is None:
@@ -306,6 +306,11 @@ def _read_error(name: str, exc: HttpStatusError) -> ConnectorError:
             f"salesforce {name}: the org's API request limit is exceeded{used}: the run "
             "stops at its last checkpoint and the bridge retries it later"
         )
+    if exc.status == 414:
+        return ConnectorError(
+            f"{exc}: the query of {name} is too long for a URL: list the fields to read in "
+            "options.objects"
+        )
     if exc.status == 404 or exc.code in ("NOT_FOUND", "INVALID_TYPE"):
         return ConnectorError(
             f"{exc}: check that {name} in options.objects exists and that the "
@@ -358,7 +363,7 @@ def _objects(value: Any) -> dict[str, tuple[str, ...] | None]:
     return objects
 
 
-def _secret_or_none(opts: Mapping[str, Any], name: str) -> str | None:
+def _text_option(opts: Mapping[str, Any], name: str) -> str | None:
     value = opts.get(name)
     if value is None:
         return None
