@@ -45,6 +45,7 @@ class SyncState:
     run_start_ms: int | None = None
     next_chunk: int = 1
     table_index: int = 0
+    table_first_chunk: int | None = None  # the current table's first chunk in this run
     position: Position = field(default_factory=Position)  # where the current table resumes
     cursors: Mapping[str, str] = field(default_factory=dict)  # table -> cursor of its last run
     runs: int = 0
@@ -57,6 +58,9 @@ class SyncState:
             run_start_ms=int(run_start) if run_start else None,
             next_chunk=int(text.get("next_chunk", "1")),
             table_index=int(text.get("table_index", "0")),
+            table_first_chunk=int(text["table_first_chunk"])
+            if text.get("table_first_chunk")
+            else None,
             position=Position(text.get("pos_cursor") or None, int(text.get("pos_skip", "0"))),
             cursors={k[7:]: v for k, v in text.items() if k.startswith("cursor:") and v},
             runs=int(text.get("runs", "0")),
@@ -67,6 +71,7 @@ class SyncState:
             "run_start_ms": self.run_start_ms or "",
             "next_chunk": self.next_chunk,
             "table_index": self.table_index,
+            "table_first_chunk": self.table_first_chunk or "",
             "pos_cursor": self.position.cursor or "",
             "pos_skip": self.position.skip,
             "runs": self.runs,
@@ -77,7 +82,7 @@ class SyncState:
     def started(self, run_start_ms: int, tables: Sequence[TableSpec]) -> SyncState:
         """A new run from the first table's cursor."""
         return replace(
-            self, run_start_ms=run_start_ms, next_chunk=1, table_index=0,
+            self, run_start_ms=run_start_ms, next_chunk=1, table_index=0, table_first_chunk=1,
             position=self._start_of(tables, 0, self.cursors),
         )  # fmt: skip
 
@@ -95,7 +100,7 @@ class SyncState:
         index = self.table_index + 1
         return replace(
             self, next_chunk=next_chunk, table_index=index, cursors=cursors,
-            position=self._start_of(tables, index, cursors),
+            table_first_chunk=next_chunk, position=self._start_of(tables, index, cursors),
         )  # fmt: skip
 
     def finished(self) -> SyncState:
@@ -180,6 +185,7 @@ class SyncRunner:
         published = 0
         in_flight: asyncio.Task[None] | None = None  # one call at a time, overlapping our work
         progress = Progress(self.settings.progress_interval_s)
+        resume = state.position  # where the last chunk cut resumes
 
         async def flush() -> None:
             nonlocal published, in_flight
@@ -192,13 +198,15 @@ class SyncRunner:
                 published += sum(e.records for e in call)
             ready.clear()
 
+        pages = self.connector.read(table, state.position.cursor)
         try:
-            async for page in self.connector.read(table, state.position.cursor):
+            async for page in pages:
                 chunks = chunker.cut(page)
                 if chunks and not ready:
                     ready_at = time.monotonic()
                 for chunk in chunks:
                     ready += encoder.encode(chunk)
+                    resume = chunk.end
                 progress.add(pages=1, records=chunker.taken)
                 line = progress.due("records")
                 if line is not None:
@@ -207,16 +215,42 @@ class SyncRunner:
                     await flush()
             for chunk in chunker.rest():
                 ready += encoder.encode(chunk)
+                resume = chunk.end
+            if self._completes_full_read(table, state, encoder):
+                assert state.table_first_chunk is not None
+                ready.append(encoder.marker(state.table_first_chunk, resume))
             await flush()
             if in_flight is not None:
                 await in_flight
         finally:
+            # A read left part-way (a failure, a stop) releases what it holds (a snapshot
+            # transaction, a connection) now, not when the generator is collected.
+            close = getattr(pages, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
             if in_flight is not None and not in_flight.done():
                 # Failing or cancelled: the call either ran or not; the run resumes from Redis.
                 in_flight.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await in_flight
         return published, state.table_done(tables, chunker.cursor, encoder.next_chunk)
+
+    def _completes_full_read(self, table: TableSpec, state: SyncState, encoder: Encoder) -> bool:
+        """Whether the table's read this run covered every row, so its end gets a completion
+        marker (the store then deletes the rows the run did not write)."""
+        if not self.connector.reads_in_full(table, state.cursors.get(table.name)):
+            return False
+        if state.table_first_chunk is None:  # a run begun by an older bridge: not known
+            return False
+        if encoder.rejected:
+            log.warning(
+                "full_refresh_skipped", table=table.name, rejected_records=encoder.rejected,
+                reason="records were rejected: deleting what the run did not write would "
+                "delete them",
+            )  # fmt: skip
+            return False
+        return True
 
     async def _send(self, entries: list[Entry], checkpoint: dict[FieldT, EncodableT]) -> None:
         await self.publisher.publish([e.payload for e in entries], checkpoint)

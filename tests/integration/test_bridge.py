@@ -56,5 +56,7 @@ async def test_a_failing_connector_is_retried_and_its_run_resumed_without_gap_or
     assert finished["resumed"]
     entries = await redis.xrange(keys.stream("default", "flaky"))
     ids = [f[b"payload"].split(b'"batch_id":"')[1].split(b'"')[0].decode() for _, f in entries]
-    assert [int(i.rsplit("_", 1)[1]) for i in ids] == [1, 2, 3, 4]
+    # Chunks 1-4, then 5: the completion marker of the table's full read.
+    assert [int(i.rsplit("_", 1)[1]) for i in ids] == [1, 2, 3, 4, 5]
+    assert b'"full_refresh":{"run_start_ms":' in entries[-1][1][b"payload"]
     assert len({i.rsplit("_", 2)[1] for i in ids}) == 1  # the resumed run kept its start time

@@ -113,11 +113,12 @@ async def test_a_run_killed_among_a_split_chunks_pieces_resends_them_identically
         await runner.redis.aclose()
     assert result.resumed
     sent = await stream_entries(redis)
-    assert len(sent) == 64 + 150
+    assert len(sent) == 64 + 150 + 1  # and the completion marker of the table's full read
     first_copies = {b: (f, ids) for b, f, ids in sent[:64]}
     for batch_id, fingerprint, ids in sent[64:128]:
         assert first_copies[batch_id] == (fingerprint, ids)  # the same entry, sent again
-    assert [i for _, _, ids in sent[64:] for i in ids] == list(range(150))
+    assert [i for _, _, ids in sent[64:-1] for i in ids] == list(range(150))
+    assert sent[-1][2] == []
 
 
 async def test_a_record_over_the_limit_on_its_own_is_rejected_and_the_run_goes_on(
