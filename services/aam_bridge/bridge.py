@@ -8,6 +8,7 @@ that is safe at any point, since XADDs and their checkpoint are one all-or-nothi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import redis.asyncio as aioredis
@@ -23,6 +24,8 @@ from aam_dcl.redis_conn import redis_problem
 from aam_dcl.waiting import Backoff, StopWaiter
 
 log = structlog.get_logger("aam_bridge")
+
+REQUEST_POLL_S = 1.0  # how often a sleeping connector looks for an operator's run request
 
 
 class Bridge:
@@ -82,6 +85,7 @@ class Bridge:
         opened = False
         while not self.stopping.is_set():
             started = time.monotonic()
+            started_at = time.time()
             try:
                 if not opened:
                     await connector.open()
@@ -98,6 +102,8 @@ class Bridge:
                     "sync_run_failed", error=str(exc), error_type=type(exc).__name__,
                     retry_in_s=round(delay, 1),
                 )  # fmt: skip
+                with contextlib.suppress(RedisError, OSError):  # Redis may be the failure
+                    await runner.record_outcome("failed", started_at, error=str(exc))
                 await self.waits.sleep(delay)
                 continue
             backoff.reset()
@@ -113,4 +119,19 @@ class Bridge:
             )
             if config.schedule_s is None:
                 return
-            await self.waits.sleep(max(0.0, config.schedule_s - (time.monotonic() - started)))
+            await self._until_due(runner, started + config.schedule_s)
+
+    async def _until_due(self, runner: SyncRunner, due: float) -> None:
+        """Sleep until ``due`` (monotonic), or until an operator asks for a run now
+        (``aam-dcl sync --now``, looked for every ``REQUEST_POLL_S``), or until stopping."""
+        while not self.stopping.is_set():
+            left = due - time.monotonic()
+            if left <= 0:
+                return
+            await self.waits.sleep(min(left, REQUEST_POLL_S))
+            try:
+                if await runner.take_run_request():
+                    log.info("sync_run_requested")
+                    return
+            except (RedisError, OSError):  # the run itself will say what is wrong
+                return

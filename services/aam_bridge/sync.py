@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
 
 from aam_bridge import metrics
@@ -49,6 +50,7 @@ class SyncState:
     position: Position = field(default_factory=Position)  # where the current table resumes
     cursors: Mapping[str, str] = field(default_factory=dict)  # table -> cursor of its last run
     runs: int = 0
+    full_requested: str | None = None  # an operator's ``aam-dcl sync --full``, as stored
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes | str, bytes | str]) -> SyncState:
@@ -64,6 +66,7 @@ class SyncState:
             position=Position(text.get("pos_cursor") or None, int(text.get("pos_skip", "0"))),
             cursors={k[7:]: v for k, v in text.items() if k.startswith("cursor:") and v},
             runs=int(text.get("runs", "0")),
+            full_requested=text.get(keys.SYNC_REQUEST_FULL) or None,
         )
 
     def to_hash(self) -> dict[FieldT, EncodableT]:
@@ -80,10 +83,12 @@ class SyncState:
         return out
 
     def started(self, run_start_ms: int, tables: Sequence[TableSpec]) -> SyncState:
-        """A new run from the first table's cursor."""
+        """A new run from the first table's cursor; from no cursor at all when an operator
+        asked for a full sync (the cursors are written empty: HSET keeps absent fields)."""
+        cursors = {t: "" for t in self.cursors} if self.full_requested else self.cursors
         return replace(
             self, run_start_ms=run_start_ms, next_chunk=1, table_index=0, table_first_chunk=1,
-            position=self._start_of(tables, 0, self.cursors),
+            cursors=cursors, position=self._start_of(tables, 0, cursors),
         )  # fmt: skip
 
     def after(self, entry: Entry) -> SyncState:
@@ -108,7 +113,7 @@ class SyncState:
 
     @staticmethod
     def _start_of(tables: Sequence[TableSpec], index: int, cursors: Mapping[str, str]) -> Position:
-        return Position(cursors.get(tables[index].name) if index < len(tables) else None, 0)
+        return Position(cursors.get(tables[index].name) or None if index < len(tables) else None)
 
 
 @dataclass
@@ -138,14 +143,11 @@ class SyncRunner:
     async def run_once(self) -> RunResult:
         """One whole run (or the rest of an interrupted one)."""
         await self.publisher.ensure_group()
-        state = await self.load_state()
         tables = await self.connector.tables()
+        started = time.time()
+        state, resumed = await self._begin(tables)
         run_start_ms = state.run_start_ms
-        resumed = run_start_ms is not None
-        if run_start_ms is None:
-            run_start_ms = int(time.time() * 1000)
-            state = state.started(run_start_ms, tables)
-            await self._save(state)
+        assert run_start_ms is not None
         first_chunk = state.next_chunk
         log.info(
             "sync_run_started" if not resumed else "sync_run_resumed",
@@ -160,7 +162,61 @@ class SyncRunner:
             await self._save(state)
         result = RunResult(run_start_ms, state.next_chunk - first_chunk, records, resumed)
         await self._save(state.finished())
+        await self.record_outcome("succeeded", started, records=records)
         return result
+
+    async def _begin(self, tables: Sequence[TableSpec]) -> tuple[SyncState, bool]:
+        """The state to run from and whether it resumes: the interrupted run's, or a new
+        run's, written together with taking the operator's full-sync request if there is one
+        (under WATCH: a request made meanwhile is not lost, it is read again)."""
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(self.state_key)
+                state = SyncState.from_hash(await pipe.hgetall(self.state_key))
+                if state.run_start_ms is not None:
+                    return state, True
+                state = state.started(int(time.time() * 1000), tables)
+                pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                pipe.hset(self.state_key, mapping=state.to_hash())
+                if state.full_requested:
+                    pipe.hdel(self.state_key, keys.SYNC_REQUEST_FULL)
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    continue
+            if state.full_requested:
+                log.info("full_sync_requested", requested_ms=state.full_requested)
+            return state, False
+
+    async def record_outcome(
+        self, status: str, started: float, *, records: int = 0, error: str = ""
+    ) -> None:
+        """The last run's outcome, for ``aam-dcl tables``."""
+        await self.redis.hset(
+            self.state_key,
+            mapping={
+                "last_run_status": status,
+                "last_run_started_ms": int(started * 1000),
+                "last_run_duration_ms": int((time.time() - started) * 1000),
+                "last_run_records": records,
+                "last_run_error": error[:500],
+            },
+        )
+
+    async def take_run_request(self) -> bool:
+        """True if an operator asked for a run now (``aam-dcl sync --now``); takes it."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(self.state_key)
+            fields = await pipe.hgetall(self.state_key)
+            if keys.SYNC_REQUEST_NOW.encode() not in fields:
+                return False
+            pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            pipe.hdel(self.state_key, keys.SYNC_REQUEST_NOW)
+            try:
+                await pipe.execute()
+            except WatchError:
+                return False  # changed meanwhile: seen again at the next look
+        return True
 
     async def _sync_table(
         self, tables: Sequence[TableSpec], state: SyncState
@@ -239,7 +295,7 @@ class SyncRunner:
     def _completes_full_read(self, table: TableSpec, state: SyncState, encoder: Encoder) -> bool:
         """Whether the table's read this run covered every row, so its end gets a completion
         marker (the store then deletes the rows the run did not write)."""
-        if not self.connector.reads_in_full(table, state.cursors.get(table.name)):
+        if not self.connector.reads_in_full(table, state.cursors.get(table.name) or None):
             return False
         if state.table_first_chunk is None:  # a run begun by an older bridge: not known
             return False

@@ -20,7 +20,7 @@ ROLE_COMMANDS: dict[str, list[str]] = {
     "bridge": [
         *_CONNECTION, *_TRANSACTION,
         "xadd", "xgroup|create", "xinfo|groups", "xinfo|stream", "xpending", "xlen", "hset",
-        "hgetall",
+        "hgetall", "hdel",
         # the publish script (EVALSHA, loaded on NOSCRIPT): XADDs, then the checkpoint HSET
         "evalsha", "eval", "script|load", "script|exists",
     ],
@@ -36,7 +36,8 @@ ROLE_COMMANDS: dict[str, list[str]] = {
         *_CONNECTION, *_TRANSACTION,
         "scan", "exists", "ttl", "get", "set", "del", "xlen", "xrange", "xrevrange",
         "xinfo|groups", "xinfo|consumers", "xinfo|stream", "xpending", "xadd", "xdel", "xtrim",
-        "scard", "sismember", "srem", "zrem", "eval", "evalsha", "script|load",
+        "scard", "sismember", "srem", "zrem", "eval", "evalsha", "script|load", "hset",
+        "hgetall",
     ],
 }  # fmt: skip
 
@@ -139,6 +140,7 @@ def probe_commands(
         "xlen": each(xlen_keys, "XLEN", "{key}"),
         "hset": [["HSET", keys.sync_state(tenant, c), "probe", "1"] for c in names],
         "hgetall": [["HGETALL", keys.sync_state(tenant, c)] for c in names],
+        "hdel": [["HDEL", keys.sync_state(tenant, c), "probe"] for c in names],
         "evalsha": each(script_keys, "EVALSHA", sha, "1", "{key}"),
         "eval": each(script_keys, "EVAL", "return 1", "1", "{key}"),
         "script|load": [["SCRIPT", "LOAD", "return 1"]],

@@ -78,8 +78,15 @@ def dead_letter_pattern(tenant: str) -> str:
 
 
 def sync_state(tenant: str, connector: str) -> str:
-    """HASH of a connector's sync state: the current run's start, chunk counter and cursors."""
+    """HASH of a connector's sync state: the current run's start, chunk counter and cursors,
+    the last run's outcome, and the operator's requests (the fields below)."""
     return f"aam:sync:{tenant}:{connector}"
+
+
+# Fields of the sync state an operator sets (``aam-dcl sync``) and the bridge takes: each holds
+# the request's time in ms, and the bridge deletes it only if it still holds what it read.
+SYNC_REQUEST_FULL = "request_full_ms"  # the next run reads every table from the start
+SYNC_REQUEST_NOW = "request_now_ms"  # run now rather than at the schedule's next time
 
 
 def paused_flag(tenant: str) -> str:
