@@ -1,11 +1,20 @@
-"""``aam-dcl sync``: what the operator asks of the bridge's sync runs (the Redis side is in
-``aam_dcl_cli.syncs``)."""
+"""``aam-dcl sync`` and ``preview``: what the operator asks of the bridge's sync runs (the
+Redis side is in ``aam_dcl_cli.syncs``), and a dry run of a connector (``aam_dcl_cli.preview``)."""
 
 from __future__ import annotations
 
 import click
+import orjson
 
-from aam_dcl_cli.app import _ops, _tenant_settings, main, tenant_option
+from aam_dcl_cli.app import (
+    _echo_json,
+    _ops,
+    _run,
+    _tenant_settings,
+    json_option,
+    main,
+    tenant_option,
+)
 
 
 @main.command()
@@ -28,3 +37,43 @@ def sync(ctx: click.Context, connector: str, full: bool, now: bool) -> None:
         f"requested {what} of {tenant}/{connector}; aam-bridge takes it "
         + ("at once if it is waiting for its schedule" if now else "at the start of its next run")
     )
+
+
+@main.command()
+@tenant_option
+@click.argument("connector")
+@click.option("--rows", default=3, show_default=True, type=click.IntRange(0, 100))
+@json_option
+@click.pass_context
+def preview(ctx: click.Context, connector: str, rows: int, as_json: bool) -> None:
+    """Read the first page of each table of CONNECTOR (from AAM_CONNECTORS_FILE) without
+    publishing anything: the schema the bridge would send and a few rows. A dry run that
+    checks credentials, objects and field lists."""
+    from aam_dcl.errors import AamDclError
+    from aam_dcl_cli.preview import connector_of
+    from aam_dcl_cli.preview import preview as read_first_pages
+
+    settings = _tenant_settings(ctx)
+    try:
+        source = connector_of(settings, connector)
+        tables = _run(lambda: read_first_pages(source, settings, rows))
+    except AamDclError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _echo_json({"connector": connector, "tables": [t.to_json() for t in tables]})
+    for table in [] if as_json else tables:
+        key = ", ".join(table.primary_key) or "none"
+        click.echo(f"table {table.name} (primary key: {key})")
+        if table.error:
+            click.echo(f"  error: {table.error}")
+            continue
+        click.echo(
+            f"  first page: {table.rows_on_first_page} rows"
+            + (f", {table.deleted_on_first_page} deleted" if table.deleted_on_first_page else "")
+        )
+        for name, type_ in table.columns:
+            click.echo(f"  {name}: {type_}")
+        for row in table.rows:
+            click.echo("  " + orjson.dumps(row, default=str).decode())
+    if any(t.error for t in tables):
+        ctx.exit(1)
