@@ -69,3 +69,36 @@ def test_declared_column_types_win_over_values_and_cover_all_null_chunks() -> No
     ]
     part = table_batch("t", records, max_samples=0, column_types={"amount": "numeric"})
     assert part.schema.columns[1].type == "numeric"
+
+
+def test_string_typing_by_shapes_agrees_with_one_regex_over_the_whole_column() -> None:
+    """The shape shortcut decides exactly what a regex over all values decides."""
+    import random
+    import re
+
+    from aam_dcl import schema
+
+    whole_dates = re.compile(rf"(?:{schema._DATE}\n)*{schema._DATE}")
+    whole_datetimes = re.compile(rf"(?:{schema._DATETIME}\n)*{schema._DATETIME}")
+
+    def oracle(values: list[str]) -> str:
+        joined = "\n".join(values)
+        if whole_dates.fullmatch(joined):
+            return "date"
+        return "datetime" if whole_datetimes.fullmatch(joined) else "string"
+
+    rng = random.Random(7)
+    seeds = [
+        "2024-06-03",
+        "2024-06-03T17:28:00Z",
+        "2024-06-03 17:28",
+        "2024-06-03T17:28:00.5+02:00",
+    ]
+    for _ in range(3000):
+        values = []
+        for _ in range(rng.randint(1, 6)):
+            chars = list(rng.choice(seeds))
+            for _ in range(rng.choice([0, 0, 1, 2])):  # damage a character now and then
+                chars[rng.randrange(len(chars))] = rng.choice("0123456789-:TZ +.x٣")
+            values.append("".join(chars))
+        assert schema._string_type(values) == oracle(values), values
