@@ -28,7 +28,6 @@ import asyncio
 import datetime as dt
 import itertools
 import secrets
-import socket
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -38,6 +37,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes import soql
+from tests.fakes._serving import Ports
 
 CLIENT_ID = "3MVG9fake.client.id"
 START = dt.datetime(2025, 1, 6, 9, 0, tzinfo=dt.UTC)
@@ -118,21 +118,14 @@ class FakeSalesforce:
         self._tokens: dict[str, int] = {}  # token -> API requests it may still serve
         self._locators: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._ids = itertools.count(1)
-        self._runners: list[web.AppRunner] = []
-        self._sockets: list[socket.socket] = []
+        self._ports = Ports()
         self.login_url = ""
         self.instance_url = ""
 
     def reserve(self) -> None:
         """Bind both ports now, without a running loop, so that ``login_url`` is known
         before the fake serves (``async with`` then serves on them)."""
-        for _ in range(2):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            self._sockets.append(sock)
-        self.login_url, self.instance_url = (
-            f"http://127.0.0.1:{sock.getsockname()[1]}" for sock in self._sockets
-        )
+        self.login_url, self.instance_url = self._ports.reserve(2)
 
     async def __aenter__(self) -> FakeSalesforce:
         login = web.Application()
@@ -146,32 +139,15 @@ class FakeSalesforce:
         api.router.add_get(
             r"/services/data/v{version:\d+\.\d}/query/{locator}-{offset:\d+}", self._more
         )
-        reserved = self._sockets or [None, None]
-        self.login_url = await self._serve(login, reserved[0])
-        self.instance_url = await self._serve(api, reserved[1])
+        self.login_url, self.instance_url = await self._ports.serve(login, api)
         return self
 
     @property
     def serving(self) -> bool:
-        return bool(self._runners)
+        return self._ports.serving
 
     async def __aexit__(self, *exc_info: object) -> None:
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
-        for sock in self._sockets:
-            sock.close()
-        self._sockets.clear()
-
-    async def _serve(self, app: web.Application, sock: socket.socket | None) -> str:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site: web.BaseSite
-        site = web.TCPSite(runner, "127.0.0.1", 0) if sock is None else web.SockSite(runner, sock)
-        await site.start()
-        self._runners.append(runner)
-        host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
+        await self._ports.stop()
 
     # --- data ---------------------------------------------------------------------------
 

@@ -20,10 +20,12 @@ import asyncpg
 
 from aam_bridge.connectors.base import Connector, ConnectorConfig
 from aam_bridge.connectors.demo import DemoConnector
+from aam_bridge.connectors.hubspot import HubSpotConnector
 from aam_bridge.connectors.postgres import PostgresConnector
 from aam_bridge.connectors.salesforce import SalesforceConnector
 from aam_dcl.messages import Record
 from tests.conftest import PG_ADMIN_DSN
+from tests.fakes import hubspot as hs_fake
 from tests.fakes import salesforce as sf_fake
 
 Rows = dict[tuple[Any, ...], Record]  # primary key values -> the row
@@ -296,6 +298,74 @@ class _ServingSalesforce(SalesforceConnector):
         await super().open()
 
 
+class HubSpotSource:
+    """The HubSpot connector against the fake HubSpot (tests/fakes/hubspot.py): deals and
+    companies, every property, pages of ``page_size``; changes are searched for, some sharing
+    one modified time. The fake's port is bound at once and served when the connector opens."""
+
+    def __init__(self, deals: int, companies: int, page_size: int) -> None:
+        self.fake = hs_fake.FakeHubSpot(token="contract-token", page_size=page_size)
+        self.fake.reserve()
+        hs_fake.add_crm_objects(self.fake)
+        hs_fake.seed(self.fake, deals=deals, companies=companies)
+        self.connector = _ServingHubSpot(
+            self.fake,
+            ConnectorConfig(
+                name="hubspot",
+                type="hubspot",
+                connector_config_id="hubspot-contract",
+                schedule_s=None,
+                options={
+                    "base_url": self.fake.base_url,
+                    "access_token": "contract-token",
+                    "objects": ["deals", "companies"],
+                    "requests_per_second": 1000,
+                },
+            ),
+        )
+
+    async def truth(self, table: str) -> Rows:
+        obj = self.fake.objects[table]
+        rows = self.fake.live_rows(table).items()
+        return {(i,): hs_fake.expected_record(obj, i, row) for i, row in rows}
+
+    async def change(self) -> None:
+        """Updates every fifth deal (all in one millisecond) and two companies, adds four
+        deals and a company."""
+        deals = list(self.fake.live_rows("deals"))
+        at = self.fake.now_ms()
+        for ident in deals[::5]:
+            self.fake.update("deals", ident, at=at, dealstage="closedwon")
+        for n in range(len(deals), len(deals) + 4):
+            self.fake.insert("deals", **hs_fake.deal(n))
+        companies = list(self.fake.live_rows("companies"))
+        for ident in companies[1:3]:
+            self.fake.update("companies", ident, numberofemployees=Decimal(7))
+        self.fake.insert("companies", **hs_fake.company(len(companies)))
+
+    async def close(self) -> None:
+        await self.connector.close()
+        await self.fake.__aexit__(None, None, None)
+
+
+class _ServesFirst(Connector):
+    """A case's connector whose ``open`` first serves its fake on the fake's reserved ports
+    (the contract's fixture opens the connector right after building the case)."""
+
+    fake: Any
+
+    async def open(self) -> None:
+        if not self.fake.serving:
+            await self.fake.__aenter__()
+        await super().open()
+
+
+class _ServingHubSpot(_ServesFirst, HubSpotConnector):
+    def __init__(self, fake: hs_fake.FakeHubSpot, config: ConnectorConfig) -> None:
+        super().__init__(config)
+        self.fake = fake
+
+
 CASES = [
     ConnectorCase("demo-salesforce", lambda: DemoSource("salesforce", 230, 50)),
     ConnectorCase("demo-hubspot", lambda: DemoSource("hubspot", 230, 64)),
@@ -304,4 +374,5 @@ CASES = [
         "salesforce", lambda: SalesforceSource(opportunities=130, accounts=50, page_size=40)
     ),
     ConnectorCase("postgres", lambda: PostgresSource(orders=230, page_size=40)),
+    ConnectorCase("hubspot", lambda: HubSpotSource(deals=130, companies=45, page_size=40)),
 ]

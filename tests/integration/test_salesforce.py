@@ -4,7 +4,6 @@ request-limit storms, fields removed after a describe, expired query locators, o
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -14,7 +13,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from prometheus_client import generate_latest
 
 from aam_bridge.connectors import registry
 from aam_bridge.connectors._http import AuthError
@@ -25,7 +23,6 @@ from aam_bridge.sync import SyncRunner
 from aam_dcl import keys, messages
 from aam_dcl.config import Settings
 from aam_dcl.errors import ConfigError, ConnectorError
-from aam_dcl.logs import configure_logging
 from aam_dcl.messages import Record
 from aam_dcl.schema import infer_schema
 from tests.fakes.salesforce import (
@@ -35,6 +32,13 @@ from tests.fakes.salesforce import (
     expected_record,
     opportunity,
     seed,
+)
+from tests.integration.connector_reads import (
+    debug_logging,
+    opened,
+    pages,
+    records,
+    texts_seen,
 )
 
 SECRET = "CANARY-sf-secret-3c9d"
@@ -62,25 +66,6 @@ def make(sf: FakeSalesforce, name: str = "salesforce", **options: Any) -> Salesf
         **options,
     }
     return SalesforceConnector(ConnectorConfig(name, "salesforce", f"{name}-test", None, opts))
-
-
-@contextlib.asynccontextmanager
-async def opened(connector: SalesforceConnector) -> AsyncIterator[SalesforceConnector]:
-    await connector.open()
-    try:
-        yield connector
-    finally:
-        await connector.close()
-
-
-async def pages(
-    connector: SalesforceConnector, table: TableSpec, cursor: str | None = None
-) -> list[Page]:
-    return [page async for page in connector.read(table, cursor)]
-
-
-def records(read: list[Page]) -> list[Record]:
-    return [r for page in read for r in page.records]
 
 
 def ids(read: list[Page]) -> list[str]:
@@ -453,9 +438,8 @@ async def test_canary_secrets_reach_no_log_line_error_metric_or_payload(
     or a published payload, through expiries, retries, a storm and a refused secret."""
     seed(sf, opportunities=9)
     caplog.set_level(logging.DEBUG)
-    configure_logging("DEBUG", "json")
     errors: list[BaseException] = []
-    try:
+    with debug_logging(capsys):
         sf.token_lifetime_requests = 2
         sf.fail_next(1, 503)
         connector = make(sf, refresh_token=REFRESH, objects=["Opportunity"])
@@ -472,17 +456,8 @@ async def test_canary_secrets_reach_no_log_line_error_metric_or_payload(
                 with pytest.raises(ConnectorError) as caught:
                     await pages(refused, OPPORTUNITY)
                 errors.append(caught.value)
-    finally:
-        configure_logging("WARNING", "console")
-    seen = [capsys.readouterr().err, caplog.text, generate_latest().decode()]
-    for error in errors:
-        current: BaseException | None = error
-        while current is not None:
-            seen.append(f"{current!s} {current!r}")
-            current = current.__cause__ or current.__context__
-    entries = await redis.xrange(keys.stream("default", "salesforce"))
-    assert entries
-    seen += [fields[b"payload"].decode() for _, fields in entries]
+    logged = [capsys.readouterr().err, caplog.text]
+    seen = await texts_seen(logged, errors, redis, "salesforce")
     assert "http_request" in seen[0], "DEBUG lines were captured"
     assert len(sf.issued) >= 3
     for canary in (SECRET, REFRESH, "CANARY-bad", *sf.issued):

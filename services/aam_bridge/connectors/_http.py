@@ -1,4 +1,4 @@
-"""The HTTP client layer every SaaS connector shares (Salesforce now; HubSpot, Dynamics next).
+"""The HTTP client layer every SaaS connector shares (Salesforce, HubSpot, Dynamics 365).
 
 One ``HttpClient`` per connector owns an aiohttp session and everything a vendor's API
 needs around a request:
@@ -7,7 +7,8 @@ needs around a request:
 - a concurrency limit (``max_concurrency``) and a request-rate limit (``requests_per_second``);
 - bounded retries (``max_retries``) with jittered exponential backoff (``backoff_s`` doubling up
   to ``backoff_max_s``) on 429, 5xx, timeouts and dropped connections, waiting what a
-  ``Retry-After`` says instead when the source sends one;
+  ``Retry-After`` says instead when the source sends one (or, without one, what the vendor's
+  ``wait_hint`` reads from its own rate-limit headers);
 - the bearer token, obtained from the vendor's ``TokenProvider`` and renewed when it expires
   or a request gets 401 (that request is sent once more with the new token);
 - errors: every aiohttp exception and every refused request becomes a ``ConnectorError``
@@ -22,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.utils
+import json as jsonlib  # ``json`` is the name of a request's JSON body here
 import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol
 from urllib.parse import quote, quote_plus, urlsplit
 
@@ -118,6 +121,37 @@ class TokenProvider(Protocol):
         ...
 
 
+class StaticToken:
+    """A token that does not change (HubSpot's private app token): ``fetch`` returns it, and
+    a 401 is raised at once (``renews`` is False: asking again would get the same token)."""
+
+    renews = False
+
+    def __init__(self, access_token: str, base_url: str) -> None:
+        self._token = Token(access_token, base_url=base_url)
+
+    async def fetch(self, http: HttpClient) -> Token:
+        return self._token
+
+
+class Pacer:
+    """Spaces calls ``1 / per_second`` apart. The reservation is synchronous, so concurrent
+    callers queue in order without a lock; ``wait`` returns the seconds it slept."""
+
+    def __init__(self, per_second: float) -> None:
+        self._interval_s = 1.0 / per_second
+        self._next_at = 0.0  # monotonic time the next call may go
+
+    async def wait(self) -> float:
+        now = time.monotonic()
+        send_at = max(now, self._next_at)
+        self._next_at = send_at + self._interval_s
+        wait_s = send_at - now
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
+        return wait_s
+
+
 class HttpStatusError(ConnectorError):
     """The source answered a request with an error status; ``code`` is the vendor's error
     code when its body names one (Salesforce's ``errorCode``, OAuth's ``error``)."""
@@ -146,6 +180,13 @@ class HttpResponse:
 
 # (status, body text) -> (the vendor's error code or None, a one-line message)
 ErrorParser = Callable[[int, str], tuple[str | None, str]]
+# response headers -> (calls used, quota) when they report the source's API quota
+QuotaReader = Callable[[Mapping[str, str]], tuple[int, int] | None]
+# a refused request -> the error to raise for it (itself, or one that says more)
+Refiner = Callable[["HttpStatusError"], ConnectorError]
+# a 429/5xx response without Retry-After -> the seconds its vendor's own headers or body ask
+# to wait (math.inf: no wait helps, e.g. a daily quota), or None for the backoff
+WaitHint = Callable[[HttpResponse], float | None]
 
 
 def plain_error(status: int, text: str) -> tuple[str | None, str]:
@@ -173,6 +214,8 @@ class HttpClient:
         auth: TokenProvider | None = None,
         secrets: Iterable[str] = (),
         parse_error: ErrorParser = plain_error,
+        wait_hint: WaitHint | None = None,
+        quota: QuotaReader | None = None,
     ) -> None:
         self.vendor = vendor
         self.connector = connector
@@ -180,9 +223,12 @@ class HttpClient:
         self._auth = auth
         self._secrets = {s for s in secrets if s}
         self._parse_error = parse_error
+        self._wait_hint = wait_hint
+        self._quota = quota
+        self._renews = bool(getattr(auth, "renews", True))  # a new token may fix a 401
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(options.max_concurrency)
-        self._next_send_at = 0.0  # monotonic time the next request may go out
+        self._pacer = Pacer(options.requests_per_second)
         self._token: Token | None = None
         self._token_lock = asyncio.Lock()
         self._labels = metrics.labels_for(connector)
@@ -224,10 +270,34 @@ class HttpClient:
                 text = text.replace(form, MASK)
         return redact_urls_in(text)
 
-    def note_quota(self, used: int, limit: int) -> None:
+    def _read_quota(self, headers: Mapping[str, str]) -> None:
         """Record the API quota the source reported (e.g. Salesforce's Sforce-Limit-Info)."""
-        metrics.API_QUOTA_USED.labels(*self._labels).set(used)
-        metrics.API_QUOTA_LIMIT.labels(*self._labels).set(limit)
+        usage = self._quota(headers) if self._quota is not None else None
+        if usage is not None:
+            metrics.API_QUOTA_USED.labels(*self._labels).set(usage[0])
+            metrics.API_QUOTA_LIMIT.labels(*self._labels).set(usage[1])
+
+    async def request_json(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        refine: Refiner | None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,
+    ) -> Any:
+        """``request``'s body as JSON (``what`` names it in errors); a refused request raises
+        what ``refine`` makes of its HttpStatusError."""
+        try:
+            response = await self.request(method, url, params=params, headers=headers, json=json)
+        except HttpStatusError as exc:
+            error = refine(exc) if refine is not None else exc
+            if error is exc:
+                raise
+            raise error from exc
+        return json_body(self.vendor, response, what)
 
     async def request(
         self,
@@ -261,10 +331,11 @@ class HttpClient:
                 attempt += 1
                 await self._retry_wait(exc.reason, self._backoff_s(attempt), where)
                 continue
+            self._read_quota(response.headers)
             status = response.status
             if 200 <= status < 300:
                 return response
-            if status == 401 and token is not None and not renewed:
+            if status == 401 and token is not None and not renewed and self._renews:
                 renewed = True  # one new token per request: a second 401 is a real refusal
                 self._drop_token(token)
                 metrics.HTTP_RETRIES.labels(*self._labels, "token").inc()
@@ -279,14 +350,17 @@ class HttpClient:
             raise self._status_error(where, response, "")
 
     def _delay_for(self, response: HttpResponse, attempt: int, where: str) -> float:
-        """How long to wait before retry ``attempt``: what a Retry-After asks (raising if
-        that is longer than MAX_RETRY_AFTER_S), else the backoff."""
+        """How long to wait before retry ``attempt``: what a Retry-After (else the vendor's
+        wait hint) asks, raising if that is longer than MAX_RETRY_AFTER_S; else the backoff."""
         asked = retry_after_s(response.headers.get("Retry-After"))
+        said = "Retry-After"
+        if asked is None and self._wait_hint is not None:
+            asked, said = self._wait_hint(response), "the source asks to wait"
         if asked is None:
             return self._backoff_s(attempt)
         if asked > MAX_RETRY_AFTER_S:
-            extra = f" (Retry-After {asked:.0f} s: the run stops here)"
-            raise self._status_error(where, response, extra)
+            wait = f"{asked:.0f} s" if math.isfinite(asked) else "until its quota resets"
+            raise self._status_error(where, response, f" ({said} {wait}: the run stops here)")
         metrics.HTTP_WAIT_SECONDS.labels(*self._labels, "retry_after").inc(asked)
         return asked
 
@@ -352,15 +426,10 @@ class HttpClient:
         return response
 
     async def _rate_limit(self) -> None:
-        """Space requests ``1 / requests_per_second`` apart (the reservation is synchronous,
-        so concurrent callers queue in order without a lock)."""
-        now = time.monotonic()
-        send_at = max(now, self._next_send_at)
-        self._next_send_at = send_at + 1.0 / self.options.requests_per_second
-        wait_s = send_at - now
+        """Space requests ``1 / requests_per_second`` apart."""
+        wait_s = await self._pacer.wait()
         if wait_s > 0:
             metrics.HTTP_WAIT_SECONDS.labels(*self._labels, "limiter").inc(wait_s)
-            await asyncio.sleep(wait_s)
 
     def _backoff_s(self, attempt: int) -> float:
         ceiling = min(self.options.backoff_max_s, self.options.backoff_s * 2.0 ** (attempt - 1))
@@ -386,6 +455,14 @@ class HttpClient:
         return HttpStatusError(
             self.redact(text), status=response.status, code=code, headers=response.headers
         )
+
+
+def json_body(vendor: str, response: HttpResponse, what: str) -> Any:
+    """The response's JSON; numbers with a fraction as Decimal, so amounts keep their digits."""
+    try:
+        return jsonlib.loads(response.text, parse_float=Decimal)
+    except ValueError:
+        raise ConnectorError(f"{vendor} {what} is not JSON (HTTP {response.status})") from None
 
 
 def retry_after_s(value: str | None) -> float | None:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from aam_bridge.connectors.base import Connector, ConnectorConfig
 from aam_bridge.connectors.demo import DemoConnector
+from aam_bridge.connectors.hubspot import HubSpotConnector
 from aam_bridge.connectors.postgres import PostgresConnector
 from aam_bridge.connectors.salesforce import SalesforceConnector
 from aam_dcl.errors import ConfigError
 
 CONNECTORS: dict[str, type[Connector]] = {
     DemoConnector.type_name: DemoConnector,
+    HubSpotConnector.type_name: HubSpotConnector,
     PostgresConnector.type_name: PostgresConnector,
     SalesforceConnector.type_name: SalesforceConnector,
 }

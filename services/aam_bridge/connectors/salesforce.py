@@ -14,25 +14,22 @@ neither lost nor read twice.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Mapping
-from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 
 from aam_bridge.connectors import salesforce_query as q
+from aam_bridge.connectors._common import HttpConnector, reject_unknown, text_option, url_problem
 from aam_bridge.connectors._http import (
-    HTTP_OPTIONS,
     AuthError,
     HttpClient,
     HttpOptions,
-    HttpResponse,
     HttpStatusError,
     Token,
+    json_body,
 )
-from aam_bridge.connectors.base import Connector, ConnectorConfig, Page, TableSpec
+from aam_bridge.connectors.base import ConnectorConfig, Page, TableSpec
 from aam_dcl.errors import ConfigError, ConnectorError
 
 log = structlog.get_logger("aam_bridge.salesforce")
@@ -49,7 +46,6 @@ _OPTIONS = (
     "objects",
     "batch_size",
 )
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _OBJECTS_RULE = (
     "use a list of object API names like [Opportunity, Account], or a mapping of names to "
     "field lists like {Opportunity: [Id, Name, Amount]} (null: every field)"
@@ -87,20 +83,20 @@ class SalesforceAuth:
             if 400 <= exc.status < 500:
                 raise AuthError(f"{exc}: {fix}") from exc
             raise
-        body = _json(response, "token response")
+        body = json_body("salesforce", response, "token response")
         token = body.get("access_token") if isinstance(body, dict) else None
         instance = body.get("instance_url") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token or not isinstance(instance, str):
             raise ConnectorError("salesforce token response has no access_token and instance_url")
         http.add_secret(token)
-        if _url_problem(instance):
+        if url_problem(instance):
             raise ConnectorError(
-                f"salesforce token response: instance_url={instance!r} {_url_problem(instance)}"
+                f"salesforce token response: instance_url={instance!r} {url_problem(instance)}"
             )
         return Token(token, base_url=instance.rstrip("/"))
 
 
-class SalesforceConnector(Connector):
+class SalesforceConnector(HttpConnector):
     """Salesforce objects over the REST API (``type: salesforce``; docs/connectors.md).
 
     Options: ``login_url``, ``client_id``, ``client_secret``, ``refresh_token`` (optional),
@@ -113,22 +109,17 @@ class SalesforceConnector(Connector):
     def __init__(self, config: ConnectorConfig) -> None:
         super().__init__(config)
         opts = config.options
-        unknown = sorted(set(opts) - set(_OPTIONS) - set(HTTP_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"options.{unknown[0]} is unknown: the salesforce connector takes "
-                + ", ".join((*_OPTIONS, *HTTP_OPTIONS))
-            )
+        reject_unknown(self.type_name, opts, _OPTIONS)
         login_url = opts.get("login_url")
-        if not isinstance(login_url, str) or _url_problem(login_url):
+        if not isinstance(login_url, str) or url_problem(login_url):
             raise ConfigError(
                 f"options.login_url={login_url!r} is invalid: use the https:// base URL of the "
                 "login host, e.g. https://login.salesforce.com or "
                 "https://MyDomain.my.salesforce.com (the token path is added)"
             )
-        client_id = _text_option(opts, "client_id")
-        client_secret = _text_option(opts, "client_secret")
-        refresh_token = _text_option(opts, "refresh_token")
+        client_id = text_option(opts, "client_id")
+        client_secret = text_option(opts, "client_secret")
+        refresh_token = text_option(opts, "refresh_token")
         if client_id is None:
             raise ConfigError("options.client_id is required: the connected app's consumer key")
         if client_secret is None and refresh_token is None:
@@ -157,15 +148,6 @@ class SalesforceConnector(Connector):
         self._secrets = [s for s in (client_secret, refresh_token) if s]
         self._tables = {name.lower(): name for name in self.objects}
         self._plans: dict[str, q.FieldPlan] = {}  # described by tables(), for the next read
-        self._http: HttpClient | None = None
-
-    async def open(self) -> None:
-        await self._client().open()
-
-    async def close(self) -> None:
-        http, self._http = self._http, None
-        if http is not None:
-            await http.close()
 
     async def tables(self) -> list[TableSpec]:
         """Describes every object, so each table declares its columns' types; the next
@@ -214,26 +196,22 @@ class SalesforceConnector(Connector):
             if next_url is None:
                 return
 
-    def _client(self) -> HttpClient:
-        if self._http is None:
-            self._http = HttpClient(
-                vendor="salesforce",
-                connector=self.config.name,
-                options=self.http_options,
-                auth=self._auth,
-                secrets=self._secrets,
-                parse_error=q.parse_error,
-            )
-        return self._http
+    def _new_client(self) -> HttpClient:
+        return HttpClient(
+            vendor="salesforce",
+            connector=self.config.name,
+            options=self.http_options,
+            auth=self._auth,
+            secrets=self._secrets,
+            parse_error=q.parse_error,
+            quota=q.api_usage,
+        )
 
     def _object_of(self, table: str) -> str:
         try:
             return self._tables[table]
         except KeyError:
-            raise ConnectorError(
-                f"salesforce connector {self.config.name!r} has no table {table!r}; "
-                f"its tables: {', '.join(self._tables)}"
-            ) from None
+            raise self._no_table(table, self._tables) from None
 
     async def _plan(self, name: str) -> q.FieldPlan:
         describe = await self._get(f"{self._data_path}/sobjects/{name}/describe", name)
@@ -254,22 +232,14 @@ class SalesforceConnector(Connector):
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Any:
-        http = self._client()
-        try:
-            response = await http.request("GET", path, params=params, headers=headers)
-        except HttpStatusError as exc:
-            self._note_usage(exc.headers)
-            error = _read_error(name, exc)
-            if error is exc:
-                raise
-            raise error from exc
-        self._note_usage(response.headers)
-        return _json(response, f"response for {name}")
-
-    def _note_usage(self, headers: Mapping[str, str]) -> None:
-        usage = q.api_usage(headers)
-        if usage is not None and self._http is not None:
-            self._http.note_quota(*usage)
+        return await self._client().request_json(
+            "GET",
+            path,
+            what=f"response for {name}",
+            refine=lambda exc: _read_error(name, exc),
+            params=params,
+            headers=headers,
+        )
 
     def _page(
         self, plan: q.FieldPlan, body: Any, after: q.Position | None
@@ -328,13 +298,6 @@ def _next_records_url(body: dict[str, Any], data_path: str) -> str | None:
     return url
 
 
-def _json(response: HttpResponse, what: str) -> Any:
-    try:
-        return json.loads(response.text, parse_float=Decimal)  # amounts keep their digits
-    except ValueError:
-        raise ConnectorError(f"salesforce {what} is not JSON (HTTP {response.status})") from None
-
-
 def _objects(value: Any) -> dict[str, tuple[str, ...] | None]:
     """Object API name -> the fields to read (None: all), from options.objects."""
     if not isinstance(value, list | dict) or not value:
@@ -363,28 +326,6 @@ def _objects(value: Any) -> dict[str, tuple[str, ...] | None]:
     return objects
 
 
-def _text_option(opts: Mapping[str, Any], name: str) -> str | None:
-    value = opts.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        # The value is not quoted: it may be a secret.
-        raise ConfigError(f"options.{name} is invalid: use a non-empty string")
-    return value
-
-
 def _is_version(value: str) -> bool:
     major, dot, minor = value.partition(".")
     return bool(dot) and major.isdigit() and minor.isdigit()
-
-
-def _url_problem(url: str) -> str | None:
-    """Why ``url`` may not receive credentials, or None: https, or http on this machine."""
-    parts = urlsplit(url)
-    if not parts.hostname or parts.scheme not in ("https", "http"):
-        return "is not an https:// URL"
-    if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
-        return "is not an https:// URL (http:// only for 127.0.0.1 or localhost)"
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        return "must be a base URL without a path"
-    return None
