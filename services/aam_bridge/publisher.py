@@ -33,6 +33,7 @@ from redis.typing import EncodableT, FieldT
 from aam_bridge import metrics
 from aam_dcl import keys
 from aam_dcl.config import Settings
+from aam_dcl.legacy import rename_legacy_keys
 from aam_dcl.messages import PAYLOAD_FIELD
 from aam_dcl.streams import create_group, entry_id_key, read_streams
 
@@ -77,9 +78,15 @@ class Publisher:
         self._publish = client.register_script(PUBLISH_SCRIPT)
         # Never ignore our own group: the worker's exactly-once depends on it.
         self.ignored = settings.ignore_groups - {self.group}
+        self.upgraded = False  # the sync state's old name was looked for
 
     async def ensure_group(self) -> None:
-        """Create the consumer group before the first XADD, so no entry predates it."""
+        """Create the consumer group before the first XADD, so no entry predates it; the
+        first time, rename a sync state under its old name (``aam_dcl.legacy``)."""
+        if not self.upgraded:
+            pairs = keys.legacy_renames("bridge", self.settings.tenant_id, self.connector)
+            await rename_legacy_keys(self.redis, pairs)
+            self.upgraded = True
         await create_group(self.redis, self.stream, self.group)
 
     async def publish(

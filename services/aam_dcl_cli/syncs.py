@@ -1,5 +1,5 @@
 """The operator's view of and say in the bridge's sync runs, through each connector's sync
-state ``aam:sync:{tenant}:{connector}``: the last run's outcome, and requests the bridge
+state ``aam:sync:{aam:dcl:{tenant}:{connector}}``: the last run's outcome, and requests the bridge
 takes without a restart (a full re-sync, a run now).
 """
 
@@ -50,11 +50,10 @@ class SyncRun:
 
 async def sync_runs(client: aioredis.Redis, tenant: str) -> list[SyncRun]:
     """Every connector with a sync state, by name."""
-    prefix = keys.sync_state(tenant, "")
     names = []
-    async for raw in client.scan_iter(match=keys.sync_state(tenant, "*"), count=1000):
-        name = as_text(raw)[len(prefix) :]
-        if keys.NAME_RE.match(name):
+    async for raw in client.scan_iter(match=keys.sync_state_pattern(tenant), count=1000):
+        name = keys.connector_of_sync_state(tenant, as_text(raw))
+        if name:
             names.append(name)
     pipe = client.pipeline(transaction=False)
     for name in sorted(names):

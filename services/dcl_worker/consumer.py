@@ -6,7 +6,7 @@ own pending entries (``XREADGROUP ... 0``), then new ones (``>``), and every
 must arrive on its own connector's stream, with a batch id not stamped in the future. A
 read is handled as a whole: one SMISMEMBER to drop batches already processed,
 one sink transaction (which records the batch ids in the store's own inbox: exactly once),
-then one Lua call that dead-letters poison, marks processed and acks.
+then two Lua calls (``finalize``): mark processed, then dead-letter poison and ack.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from aam_dcl.errors import (
     SinkDataError,
     SinkUnavailable,
 )
+from aam_dcl.legacy import rename_legacy_keys
 from aam_dcl.messages import Batch, decode, fingerprints_conflict, payload_of
 from aam_dcl.progress import Progress
 from aam_dcl.streams import create_group, entry_id_key
@@ -90,6 +91,7 @@ class StreamConsumer:
         self.claim_cursor = b"0-0"
         self.in_flight = False
         self.group_ready = False
+        self.upgraded = False  # the old names were looked for
 
     # --- what the reader asks ---------------------------------------------------------------
 
@@ -103,7 +105,13 @@ class StreamConsumer:
         self.not_before = time.monotonic() + delay_s
 
     async def ensure_group(self) -> None:
+        """Create the group at 0 if it is missing; the first time, rename the dead letters and
+        the expiry index under their old names (``aam_dcl.legacy``)."""
         if not self.group_ready:
+            if not self.upgraded:
+                pairs = keys.legacy_renames("worker", self.tenant, self.connector)
+                await rename_legacy_keys(self.redis, pairs)
+                self.upgraded = True
             await create_group(self.redis, self.stream, self.group)
             self.group_ready = True
 
@@ -141,7 +149,7 @@ class StreamConsumer:
     # --- handling a read ------------------------------------------------------------------
 
     async def handle(self, entries: list[Entry], *, redelivered: bool) -> None:
-        """Decide every entry, write the fresh batches, then finalize atomically.
+        """Decide every entry, write the fresh batches, then finalize (mark, then ack).
 
         Runs shielded: once a read is being handled, a shutdown waits for it to finish.
         """
@@ -346,20 +354,25 @@ class StreamConsumer:
             out.ack.append(entry_id)
 
     async def _finalize(self, out: Outcome) -> None:
-        """Dead-letter, mark and ack in one Lua call; retried until Redis takes it."""
-        if out.ack or out.mark or out.dead:
-            backoff = Backoff()
-            while True:
-                try:
-                    await self.finalize(int(time.time() * 1000), out.ack, out.mark, out.dead)
-                    break
-                except (RedisConnectionError, RedisTimeoutError) as exc:
-                    # Safe to retry: every step of the script is idempotent.
-                    metrics.REDIS_ERRORS.labels(*self.labels).inc()
-                    if self.stopping.is_set() and backoff.attempt > 3:
-                        log.warning("finalize_abandoned", error=str(exc), entries=len(out.ack))
-                        return  # entries stay pending; the sink inbox makes the retry safe
-                    await asyncio.sleep(backoff.next_s())
+        """Mark processed (the tenant's script), then dead-letter and ack (the stream's
+        script); each retried until Redis takes it, the mark never after the ack."""
+        marked = not out.mark
+        backoff = Backoff()
+        while not marked or out.ack or out.dead:
+            try:
+                if not marked:
+                    await self.finalize.mark(int(time.time() * 1000), out.mark)
+                    marked = True
+                await self.finalize.settle(out.ack, out.dead)
+                break
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                # Safe to retry: marking is idempotent, and a dead letter is written only
+                # while its entry is pending, i.e. not by a script that already ran.
+                metrics.REDIS_ERRORS.labels(*self.labels).inc()
+                if self.stopping.is_set() and backoff.attempt > 3:
+                    log.warning("finalize_abandoned", error=str(exc), entries=len(out.ack))
+                    return  # entries stay pending; the sink inbox makes the retry safe
+                await asyncio.sleep(backoff.next_s())
         if out.retry:  # the reader serves other streams meanwhile
             self.retry_later(min(5.0, 0.2 * 2 ** min(out.retry, 5)))
 

@@ -23,14 +23,19 @@ ROLE_COMMANDS: dict[str, list[str]] = {
         "hgetall", "hdel",
         # the publish script (EVALSHA, loaded on NOSCRIPT): XADDs, then the checkpoint HSET
         "evalsha", "eval", "script|load", "script|exists",
+        # standalone: a sync state under its name before the hash tags gets the new one
+        "renamenx",
     ],
     "worker": [
         *_CONNECTION, *_TRANSACTION,
         "scan", "exists", "xgroup|create", "xreadgroup", "xack", "xautoclaim", "xpending",
         "xinfo|groups", "xinfo|stream", "xlen", "smismember", "scard",
-        # the finalize script (EVALSHA, loaded on NOSCRIPT) and what it calls
+        # the finalize scripts (EVALSHA, loaded on NOSCRIPT) and what they call
         "evalsha", "eval", "script|load", "script|exists", "xadd", "sadd", "srem", "zadd",
         "zrangebyscore", "zrem", "expire",
+        # standalone: dead letters and the expiry index under their names before the hash tags
+        # get the new ones
+        "renamenx",
     ],
     "operator": [
         *_CONNECTION, *_TRANSACTION,
@@ -43,16 +48,22 @@ ROLE_COMMANDS: dict[str, list[str]] = {
 
 
 def role_key_patterns(role: str, tenant: str) -> list[str]:
-    """Key permissions of a role: ``~`` read+write, ``%R~`` read only (Redis >= 7)."""
+    """Key permissions of a role: ``~`` read+write, ``%R~`` read only (Redis >= 7).
+
+    ACL globs take ``{`` and ``}`` literally: ``~aam:dlq:{aam:dcl:acme:*}`` is acme's dead
+    letters. The daemons' roles also hold the names before the hash tags (``aam:sync:acme:*``
+    and friends), so that they may rename them (RENAMENX) on an upgraded standalone Redis.
+    """
     streams = f"~{keys.stream_pattern(tenant)}"
     dlq = f"~{keys.dead_letter_pattern(tenant)}"
-    sync = f"~{keys.sync_state(tenant, '*')}"
+    sync = f"~{keys.sync_state_pattern(tenant)}"
     processed = [f"~{keys.processed_set(tenant)}", f"~{keys.processed_expiry(tenant)}"]
     paused = keys.paused_flag(tenant)
     if role == "bridge":
-        return [streams, sync]
+        return [streams, sync, f"~{keys.legacy_sync_state(tenant, '*')}"]
     if role == "worker":
-        return [streams, dlq, *processed, f"%R~{paused}"]
+        legacy = [keys.legacy_dead_letter_stream(tenant, "*"), keys.legacy_processed_expiry(tenant)]
+        return [streams, dlq, *processed, *(f"~{k}" for k in legacy), f"%R~{paused}"]
     return [streams, dlq, sync, *processed, f"~{paused}"]
 
 
@@ -99,13 +110,15 @@ PROBE_CONNECTOR = "permission-check"  # the worker's streams are discovered: any
 
 
 def probe_commands(
-    role: str, tenant: str, connectors: Sequence[str]
+    role: str, tenant: str, connectors: Sequence[str], *, cluster: bool = False
 ) -> list[tuple[str, list[str]]]:
     """``(command, argv)`` for every command of ``ROLE_COMMANDS[role]`` (but ``UNPROBED``), each
     against the real keys the role's daemon uses it on: the bridge's per connector, the
     worker's for a probe connector name. Each argv carries at most one key, so a key denial
-    names its key. Built from ROLE_COMMANDS: a command added there without a probe here
-    raises KeyError (tests/integration/test_permissions.py checks every role)."""
+    names its key (RENAMENX carries two: a denial names the old one). On a Redis Cluster
+    (``cluster``) the daemons rename nothing, so RENAMENX is not probed. Built from
+    ROLE_COMMANDS: a command added there without a probe here raises KeyError
+    (tests/integration/test_daemon_cli.py checks every role)."""
     names = list(connectors) or [PROBE_CONNECTOR]
     streams = [keys.stream(tenant, c) for c in names]
     group = keys.group(tenant)
@@ -162,9 +175,16 @@ def probe_commands(
         "zrangebyscore": [["ZRANGEBYSCORE", expiry, "-inf", "0", "LIMIT", "0", "1"]],
         "zrem": [["ZREM", expiry, "probe"]],
         "expire": [["EXPIRE", processed, "60"], ["EXPIRE", expiry, "60"]],
+        "renamenx": _legacy_renames(role, tenant, names),
     }
-    frame = {"multi", "discard", *UNPROBED}
+    frame = {"multi", "discard", *UNPROBED, *(["renamenx"] if cluster else [])}
     setup = {*_CONNECTION, *_TRANSACTION}
     # the data commands first: the first denial is the one a start-up failure names
     ordered = sorted(ROLE_COMMANDS[role], key=lambda c: c in setup)
     return [(c, argv) for c in ordered if c not in frame for argv in uses[c]]
+
+
+def _legacy_renames(role: str, tenant: str, names: Sequence[str]) -> list[list[str]]:
+    """The RENAMENX the daemon sends on standalone Redis (``aam_dcl.legacy``), once each."""
+    pairs = dict.fromkeys(pair for c in names for pair in keys.legacy_renames(role, tenant, c))
+    return [["RENAMENX", old, new] for old, new in pairs]

@@ -1,7 +1,14 @@
-"""Every Redis key and name aam-dcl uses, in one place (docs/architecture.md has the key map).
+"""Every Redis key and name aam-dcl uses, in one place (the README has the key map).
 
 Names from the configuration guide are contracts other systems rely on; new keys never
 match ``aam:dcl:*`` because the worker discovers streams by scanning that pattern.
+
+One key map serves standalone Redis and Redis Cluster. A key written together with another
+one in a script or MULTI carries that key's name as its hash tag: ``prefix:{aam:dcl:t:c}``
+hashes to the slot of ``aam:dcl:t:c`` (Redis hashes what the first ``{...}`` holds), so a
+connector's stream, dead letters and sync state share one slot, and the processed set and
+its expiry index another. Names are checked against NAME_RE (no braces): a tenant or a
+connector cannot inject a tag.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 NAME_RULE = "1-64 characters of letters, digits, '_', '.' or '-'"
 
 STREAM_PREFIX = "aam:dcl:"
+_DLQ_PREFIX = "aam:dlq:"
+_SYNC_PREFIX = "aam:sync:"
 
 
 def validate_name(value: str, what: str) -> str:
@@ -64,23 +73,78 @@ def processed_set(tenant: str) -> str:
 
 
 def processed_expiry(tenant: str) -> str:
-    """ZSET batch id -> expiry (ms): gives every id in the processed SET its own expiry."""
-    return f"dcl:processed_batches_expiry:{tenant}"
+    """ZSET batch id -> expiry (ms): gives every id in the processed SET its own expiry.
+    In the processed SET's slot: ``dcl:processed_batches_expiry:{dcl:processed_batches:t}``."""
+    return f"dcl:processed_batches_expiry:{{{processed_set(tenant)}}}"
 
 
 def dead_letter_stream(tenant: str, connector: str) -> str:
-    """Per-connector dead-letter stream (outside ``aam:dcl:*`` so discovery never reads it)."""
-    return f"aam:dlq:{tenant}:{connector}"
+    """Per-connector dead-letter stream, in its stream's slot: ``aam:dlq:{aam:dcl:t:c}``
+    (outside ``aam:dcl:*``, so discovery never reads it)."""
+    return f"{_DLQ_PREFIX}{{{stream(tenant, connector)}}}"
 
 
 def dead_letter_pattern(tenant: str) -> str:
-    return f"aam:dlq:{tenant}:*"
+    """SCAN pattern of the tenant's dead-letter streams (ACL and SCAN globs take ``{}``
+    literally)."""
+    return f"{_DLQ_PREFIX}{{{stream_pattern(tenant)}}}"
+
+
+def connector_of_dead_letter_stream(tenant: str, key: str) -> str | None:
+    """The connector of a dead-letter stream key of ``tenant``, or None if it is not one."""
+    return _tagged_connector(_DLQ_PREFIX, tenant, key)
 
 
 def sync_state(tenant: str, connector: str) -> str:
-    """HASH of a connector's sync state: the current run's start, chunk counter and cursors,
-    the last run's outcome, and the operator's requests (the fields below)."""
-    return f"aam:sync:{tenant}:{connector}"
+    """HASH of a connector's sync state, in its stream's slot (``aam:sync:{aam:dcl:t:c}``;
+    the publish script writes both): the current run's start, chunk counter and cursors, the
+    last run's outcome, and the operator's requests (the fields below)."""
+    return f"{_SYNC_PREFIX}{{{stream(tenant, connector)}}}"
+
+
+def sync_state_pattern(tenant: str) -> str:
+    """SCAN pattern of the tenant's sync states."""
+    return f"{_SYNC_PREFIX}{{{stream_pattern(tenant)}}}"
+
+
+def connector_of_sync_state(tenant: str, key: str) -> str | None:
+    """The connector of a sync state key of ``tenant``, or None if it is not one."""
+    return _tagged_connector(_SYNC_PREFIX, tenant, key)
+
+
+def _tagged_connector(prefix: str, tenant: str, key: str) -> str | None:
+    inner = key.removeprefix(prefix)
+    if inner == key or not (inner.startswith("{") and inner.endswith("}")):
+        return None
+    return connector_of_stream(tenant, inner[1:-1])
+
+
+# --- names before the hash tags (aam-dcl < 0.2), renamed at start-up on standalone Redis -------
+
+
+def legacy_sync_state(tenant: str, connector: str) -> str:
+    """``aam:sync:{tenant}:{connector}`` (the bridge renames it to ``sync_state``)."""
+    return f"{_SYNC_PREFIX}{tenant}:{connector}"
+
+
+def legacy_dead_letter_stream(tenant: str, connector: str) -> str:
+    """``aam:dlq:{tenant}:{connector}`` (the worker renames it to ``dead_letter_stream``)."""
+    return f"{_DLQ_PREFIX}{tenant}:{connector}"
+
+
+def legacy_processed_expiry(tenant: str) -> str:
+    """``dcl:processed_batches_expiry:{tenant}`` (the worker renames it)."""
+    return f"dcl:processed_batches_expiry:{tenant}"
+
+
+def legacy_renames(role: str, tenant: str, connector: str) -> list[tuple[str, str]]:
+    """``(old name, new name)`` of the keys the ``role``'s daemon renames for a connector."""
+    if role == "bridge":
+        return [(legacy_sync_state(tenant, connector), sync_state(tenant, connector))]
+    return [
+        (legacy_dead_letter_stream(tenant, connector), dead_letter_stream(tenant, connector)),
+        (legacy_processed_expiry(tenant), processed_expiry(tenant)),
+    ]
 
 
 # Fields of the sync state an operator sets (``aam-dcl sync``) and the bridge takes: each holds

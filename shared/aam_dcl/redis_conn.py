@@ -8,12 +8,18 @@ errors itself, with bounded jittered backoff, where it knows what is safe to rep
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from aam_dcl.config import Settings
+
+# What ``connect`` returns: the standalone client, or the cluster client (same command API).
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster
 
 # Longest command we block on is XREADGROUP BLOCK block_ms; socket timeout must exceed it.
 _SOCKET_MARGIN_S = 10.0
@@ -37,3 +43,8 @@ async def redis_problem(client: aioredis.Redis) -> str | None:
     except (RedisError, OSError) as exc:
         return f"redis unreachable: {exc}"
     return None
+
+
+def is_cluster(client: RedisClient) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (keys of one command share a slot)."""
+    return isinstance(client, RedisCluster)

@@ -118,14 +118,13 @@ async def scan_streams(client: aioredis.Redis, tenant: str) -> StreamScan:
 
 
 async def scan_dead_letter_streams(client: aioredis.Redis, tenant: str) -> list[str]:
-    """Connectors of the tenant that have a dead-letter stream (SCAN aam:dlq:{tenant}:*)."""
-    prefix = keys.dead_letter_stream(tenant, "")
+    """Connectors of the tenant that have a dead-letter stream (SCAN aam:dlq:{aam:dcl:t:*})."""
     found = set()
     async for key in client.scan_iter(
         match=keys.dead_letter_pattern(tenant), count=_SCAN_COUNT, _type="stream"
     ):
-        name = as_text(key)[len(prefix) :]
-        if keys.NAME_RE.match(name):
+        name = keys.connector_of_dead_letter_stream(tenant, as_text(key))
+        if name:
             found.add(name)
     return sorted(found)
 

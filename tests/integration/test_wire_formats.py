@@ -56,8 +56,11 @@ async def test_dead_letter_round_trip_through_finalize_and_replay(redis: aioredi
         failed_at_ms=1762299908994,
         consumer="worker-1",
     )
+    await redis.xgroup_create(stream, keys.group(TENANT), id="0")
+    await redis.xreadgroup(keys.group(TENANT), "worker-1", {stream: ">"})  # pending, as read
     finalize = Finalizer(redis, TENANT, CONNECTOR, ttl_s=60)
-    assert await finalize(1762299908994, [], [], [dead]) == 0
+    assert await finalize.settle([original], [dead]) == 1
+    assert await finalize.settle([original], [dead]) == 0, "a retry writes no second copy"
 
     ((entry_id, _),) = await redis.xrange(keys.dead_letter_stream(TENANT, CONNECTOR))
     read = await get_dead_letter(redis, TENANT, CONNECTOR, entry_id.decode())
