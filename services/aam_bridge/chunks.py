@@ -60,8 +60,9 @@ class Chunk:
 
 
 class Chunker:
-    """Cuts one table's pages into chunks of ``chunk_size`` items, from ``start`` on (the
-    items a resumed run published already are skipped)."""
+    """Cuts one table's pages into chunks of at most ``chunk_size`` items, from ``start`` on
+    (the items a resumed run published already are skipped); a page's last chunk may be
+    shorter."""
 
     def __init__(self, start: Position, chunk_size: int) -> None:
         self.chunk_size = chunk_size
@@ -89,6 +90,12 @@ class Chunker:
             for i in range(0, full, self.chunk_size)
         ]
         self._buffer = self._buffer[full:]
+        if self._buffer and page.cursor is not None and self._skip == 0:
+            # A chunk never spans pages: a resumed run re-reads from the last page cursor and
+            # skips what it published of that one page, never a run's worth of pages (a
+            # re-read from further back skips rows that changed at the source meanwhile).
+            chunks.append(self._chunk(self._buffer))
+            self._buffer = []
         if not self._buffer and self._skip == 0:
             # Everything up to this page is cut: later chunks resume from its cursor.
             self._base, self._since = self.cursor, 0

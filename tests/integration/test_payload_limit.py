@@ -25,20 +25,22 @@ LIMIT = 1024
 
 
 class Texts(Connector):
-    """One table ``items``: record i is ``{"id": i, "text": <sizes[i] x's>}``, pages of 10."""
+    """One table ``items``: record i is ``{"id": i, "text": <sizes[i] x's>}``, pages of
+    ``page`` records."""
 
     type_name = "texts"
 
-    def __init__(self, sizes: list[int]) -> None:
+    def __init__(self, sizes: list[int], page: int = 10) -> None:
         super().__init__(ConnectorConfig("texts", "texts", "texts-1", None, {}))
         self.sizes = sizes
+        self.page = page
 
     async def tables(self) -> list[TableSpec]:
         return [TableSpec("items", ("id",))]
 
     async def read(self, table: TableSpec, cursor: str | None) -> AsyncIterator[Page]:
-        for start in range(int(cursor or 0), len(self.sizes), 10):
-            end = min(start + 10, len(self.sizes))
+        for start in range(int(cursor or 0), len(self.sizes), self.page):
+            end = min(start + self.page, len(self.sizes))
             yield Page(
                 [{"id": i, "text": "x" * self.sizes[i]} for i in range(start, end)], str(end)
             )
@@ -90,7 +92,7 @@ async def test_a_run_killed_among_a_split_chunks_pieces_resends_them_identically
     calls (64 entries per call at most). The bridge dies between them: the checkpoint is still
     the chunk's start, and the resumed run sends the first 64 pieces again under the same ids
     with the same content (duplicates the worker drops), then the rest."""
-    runner = SyncRunner(limited, connect(limited), Texts([300] * 150))
+    runner = SyncRunner(limited, connect(limited), Texts([300] * 150, page=150))
     assert runner.publisher.max_entries_per_call == 64
     real_publish, calls = runner.publisher.publish, 0
 

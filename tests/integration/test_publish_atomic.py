@@ -125,8 +125,10 @@ async def test_the_stream_length_gauge_is_the_length_after_the_last_publish(
         await runner(settings, client).run_once()
     finally:
         await client.aclose()
-    assert await redis.xlen(keys.stream("default", "items")) == 8  # 150 records, chunks of 20
-    assert gauge._value.get() == 8  # no public getter in prometheus_client
+    # 150 records in pages of 50, chunks of at most 20 within a page: 3 x (20 + 20 + 10),
+    # then the completion marker of the full read.
+    assert await redis.xlen(keys.stream("default", "items")) == 10
+    assert gauge._value.get() == 10  # no public getter in prometheus_client
 
 
 async def test_a_bridge_whose_publish_fails_logs_the_failure_and_retries(
