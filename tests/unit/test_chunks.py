@@ -104,3 +104,17 @@ def test_a_record_too_large_on_its_own_is_rejected_counted_and_the_rest_sent() -
     assert ids == [0, 1, 2, 3, 4, 6, 7, 8, 9]
     assert rejected._value.get() == before + 1
     assert out[-1].resume == Position(None, 10)  # the checkpoint moves past it
+
+
+def test_a_chunk_never_spans_pages_so_resume_points_stay_within_one_page() -> None:
+    """Pages of 7 records, chunks of 5: each page is cut 5 + 2; every chunk resumes from the
+    cursor of the page before it, skipping at most what it took of its own page. (Never from
+    its own page's cursor: the last page's cursor is the table's end, and a read from there
+    yields the changes after the run.)"""
+    chunker = Chunker(Position(), 5)
+    chunks = [c for page in pages([f"t{i}" for i in range(21)], 7) for c in chunker.cut(page)]
+    assert [len(c.items) for c in chunks] == [5, 2, 5, 2, 5, 2]
+    assert [c.end for c in chunks] == [
+        Position(None, 5), Position(None, 7), Position("7", 5), Position("7", 7),
+        Position("14", 5), Position("14", 7),
+    ]  # fmt: skip
