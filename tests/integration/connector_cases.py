@@ -20,11 +20,13 @@ import asyncpg
 
 from aam_bridge.connectors.base import Connector, ConnectorConfig
 from aam_bridge.connectors.demo import DemoConnector
+from aam_bridge.connectors.dynamics import DynamicsConnector
 from aam_bridge.connectors.hubspot import HubSpotConnector
 from aam_bridge.connectors.postgres import PostgresConnector
 from aam_bridge.connectors.salesforce import SalesforceConnector
 from aam_dcl.messages import Record
 from tests.conftest import PG_ADMIN_DSN
+from tests.fakes import dataverse as dv_fake
 from tests.fakes import hubspot as hs_fake
 from tests.fakes import salesforce as sf_fake
 
@@ -366,6 +368,67 @@ class _ServingHubSpot(_ServesFirst, HubSpotConnector):
         self.fake = fake
 
 
+class DynamicsSource:
+    """The Dynamics connector against the fake Dataverse (tests/fakes/dataverse.py): accounts
+    with change tracking, opportunities read by modifiedon with three rows to each second (ties
+    span page boundaries), every column, pages of ``page_size``. The fake's ports are bound at
+    once and served when the connector opens."""
+
+    def __init__(self, accounts: int, opportunities: int, page_size: int) -> None:
+        self.fake = dv_fake.FakeDataverse(client_secret="contract-secret", page_size=page_size)
+        self.fake.reserve()
+        dv_fake.add_crm_entities(self.fake)
+        dv_fake.seed(self.fake, accounts=accounts)
+        for n in range(opportunities):
+            at = dv_fake.START + dt.timedelta(days=1, seconds=n // 3)
+            self.fake.insert("opportunities", at=at, **dv_fake.opportunity(n))
+        self.connector = _ServingDynamics(
+            self.fake,
+            ConnectorConfig(
+                name="dynamics",
+                type="dynamics",
+                connector_config_id="dynamics-contract",
+                schedule_s=None,
+                options={
+                    "url": self.fake.url,
+                    "authority": self.fake.authority,
+                    "tenant_id": dv_fake.TENANT,
+                    "client_id": dv_fake.CLIENT_ID,
+                    "client_secret": "contract-secret",
+                    "entities": ["accounts", "opportunities"],
+                    "requests_per_second": 1000,
+                },
+            ),
+        )
+
+    async def truth(self, table: str) -> Rows:
+        entity = self.fake.entities[table]
+        return {(k,): dv_fake.expected_record(entity, row) for k, row in entity.rows.items()}
+
+    async def change(self) -> None:
+        """Updates every fifth account and every seventh opportunity (two to a second), adds
+        four of each."""
+        for ident in list(self.fake.entities["accounts"].rows)[::5]:
+            self.fake.update("accounts", ident, creditonhold=True)
+        later = self.fake.now + dt.timedelta(days=2)
+        for i, ident in enumerate(list(self.fake.entities["opportunities"].rows)[::7]):
+            at = later + dt.timedelta(seconds=i // 2)
+            self.fake.update("opportunities", ident, at=at, stepname="3-Close")
+        for n in range(4):
+            self.fake.insert("accounts", **dv_fake.account(500 + n))
+            self.fake.insert("opportunities", **dv_fake.opportunity(500 + n))
+
+    async def close(self) -> None:
+        await self.connector.close()
+        await self.fake.__aexit__(None, None, None)
+
+
+class _ServingDynamics(_ServesFirst, DynamicsConnector):
+    def __init__(self, fake: dv_fake.FakeDataverse, config: ConnectorConfig) -> None:
+        super().__init__(config)
+        self.fake = fake
+
+
 CASES = [
     ConnectorCase("demo-salesforce", lambda: DemoSource("salesforce", 230, 50)),
     ConnectorCase("demo-hubspot", lambda: DemoSource("hubspot", 230, 64)),
@@ -375,4 +438,5 @@ CASES = [
     ),
     ConnectorCase("postgres", lambda: PostgresSource(orders=230, page_size=40)),
     ConnectorCase("hubspot", lambda: HubSpotSource(deals=130, companies=45, page_size=40)),
+    ConnectorCase("dynamics", lambda: DynamicsSource(accounts=101, opportunities=70, page_size=30)),
 ]

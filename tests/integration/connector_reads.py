@@ -1,17 +1,20 @@
 """Helpers of the SaaS connectors' tests: open a connector for a block, read a table's pages,
-and gather every text a secret must never reach."""
+gather every text a secret must never reach, load an example of docs/connectors.md."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import generate_latest
 
+from aam_bridge.connectors import registry
 from aam_bridge.connectors.base import Connector, Page, TableSpec
+from aam_bridge.connectors_file import load_connectors
 from aam_dcl import keys
 from aam_dcl.logs import configure_logging
 from aam_dcl.messages import Record
@@ -67,3 +70,14 @@ async def texts_seen(
     assert entries, "nothing was published"
     seen += [fields[b"payload"].decode() for _, fields in entries]
     return seen
+
+
+def docs_example(tmp_path: Path, test_file: str, env: Mapping[str, str]) -> Connector:
+    """The connector of the connectors file docs/connectors.md marks as loaded by
+    ``test_file`` (docs that run), loaded with ``env`` and created."""
+    docs = Path(__file__).parents[2] / "docs" / "connectors.md"
+    marker = f"<!-- tests/integration/{test_file} loads this example -->\n```yaml\n"
+    path = tmp_path / "connectors.yaml"
+    path.write_text(docs.read_text().split(marker, 1)[1].split("```", 1)[0])
+    (config,) = load_connectors(path, "acme", env=env)
+    return registry.create(config)

@@ -22,7 +22,6 @@ from aam_bridge.connectors import registry
 from aam_bridge.connectors._http import AuthError
 from aam_bridge.connectors.base import ConnectorConfig, Page, TableSpec
 from aam_bridge.connectors.hubspot import HubSpotConnector
-from aam_bridge.connectors_file import load_connectors
 from aam_bridge.sync import SyncRunner
 from aam_dcl import keys, messages
 from aam_dcl.config import Settings
@@ -41,6 +40,7 @@ from tests.fakes.hubspot import (
 from tests.integration.connector_reads import (
     debug_logging,
     deleted,
+    docs_example,
     opened,
     pages,
     records,
@@ -471,12 +471,7 @@ def test_a_token_of_the_wrong_type_is_not_echoed() -> None:
 
 def test_the_hubspot_example_in_docs_connectors_md_loads(tmp_path: Path) -> None:
     """docs/connectors.md's HubSpot entry is a valid connectors file (docs that run)."""
-    docs = Path(__file__).parents[2] / "docs" / "connectors.md"
-    marker = "<!-- tests/integration/test_hubspot.py loads this example -->\n```yaml\n"
-    path = tmp_path / "connectors.yaml"
-    path.write_text(docs.read_text().split(marker, 1)[1].split("```", 1)[0])
-    (config,) = load_connectors(path, "acme", env={"HUBSPOT_TOKEN": "pat-na1-x"})
-    connector = registry.create(config)
+    connector = docs_example(tmp_path, "test_hubspot.py", {"HUBSPOT_TOKEN": "pat-na1-x"})
     assert isinstance(connector, HubSpotConnector)
     assert list(connector.objects) == ["deals", "contacts", "companies"]
     assert connector.base_url == "https://api.hubapi.com"

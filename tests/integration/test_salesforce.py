@@ -18,7 +18,6 @@ from aam_bridge.connectors import registry
 from aam_bridge.connectors._http import AuthError
 from aam_bridge.connectors.base import ConnectorConfig, Page, TableSpec
 from aam_bridge.connectors.salesforce import SalesforceConnector
-from aam_bridge.connectors_file import load_connectors
 from aam_bridge.sync import SyncRunner
 from aam_dcl import keys, messages
 from aam_dcl.config import Settings
@@ -35,6 +34,7 @@ from tests.fakes.salesforce import (
 )
 from tests.integration.connector_reads import (
     debug_logging,
+    docs_example,
     opened,
     pages,
     records,
@@ -512,12 +512,7 @@ def test_a_secret_of_the_wrong_type_is_not_echoed() -> None:
 
 def test_the_salesforce_example_in_docs_connectors_md_loads(tmp_path: Path) -> None:
     """docs/connectors.md's Salesforce entry is a valid connectors file (docs that run)."""
-    docs = Path(__file__).parents[2] / "docs" / "connectors.md"
-    marker = "<!-- tests/integration/test_salesforce.py loads this example -->\n```yaml\n"
-    path = tmp_path / "connectors.yaml"
-    path.write_text(docs.read_text().split(marker, 1)[1].split("```", 1)[0])
     env = {"SF_CLIENT_ID": "id", "SF_CLIENT_SECRET": "s", "SF_REFRESH_TOKEN": "r"}
-    (config,) = load_connectors(path, "acme", env=env)
-    connector = registry.create(config)
+    connector = docs_example(tmp_path, "test_salesforce.py", env)
     assert isinstance(connector, SalesforceConnector)
     assert list(connector.objects) == ["Opportunity", "Account", "Contact"]

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -88,3 +88,29 @@ def url_problem(url: str) -> str | None:
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         return "must be a base URL without a path"
     return None
+
+
+def name_lists(
+    option: str, value: Any, is_name: Callable[[object], bool], *, kind: str, rule: str, lists: str
+) -> dict[str, tuple[str, ...] | None]:
+    """``options.<option>``: a list of names (``kind``), or a mapping of names to lists of
+    names, null for all; ``rule`` says what to give, ``lists`` what a list holds."""
+    if not isinstance(value, list | dict) or not value:
+        raise ConfigError(f"options.{option}={value!r} is invalid: {rule}")
+    if isinstance(value, list):
+        if not all(isinstance(name, str) for name in value):
+            raise ConfigError(f"options.{option}={value!r} is invalid: {rule}")
+        if len(set(value)) < len(value):
+            raise ConfigError(f"options.{option}={value!r} is invalid: {kind} is given twice")
+        value = dict.fromkeys(value)
+    named: dict[str, tuple[str, ...] | None] = {}
+    for name, listed in value.items():
+        if not is_name(name):
+            raise ConfigError(f"options.{option}: {name!r} is not {kind}")
+        if listed is None:
+            named[name] = None
+        elif isinstance(listed, list) and listed and all(map(is_name, listed)):
+            named[name] = tuple(listed)
+        else:
+            raise ConfigError(f"options.{option}.{name}={listed!r} is invalid: use {lists}")
+    return named

@@ -35,8 +35,10 @@ from urllib.parse import quote, quote_plus, urlsplit
 
 import aiohttp
 import structlog
+from yarl import URL
 
 from aam_bridge.connectors import _http_metrics as metrics
+from aam_bridge.connectors._values import one_line
 from aam_dcl import __version__
 from aam_dcl.errors import ConfigError, ConnectorError
 from aam_dcl.logs import MASK, redact_urls_in
@@ -46,7 +48,6 @@ log = structlog.get_logger("aam_bridge.http")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 60.0  # a longer wait ends the run; the bridge retries it with backoff
 TOKEN_EARLY_S = 60.0  # renew a token this long before the expiry its vendor announced
-_ERROR_TEXT_CHARS = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +191,7 @@ WaitHint = Callable[[HttpResponse], float | None]
 
 
 def plain_error(status: int, text: str) -> tuple[str | None, str]:
-    return None, " ".join(text.split())[:_ERROR_TEXT_CHARS]
+    return None, one_line(text)
 
 
 class _Transient(Exception):
@@ -287,11 +288,14 @@ class HttpClient:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         json: Any = None,
+        verbatim: bool = False,
     ) -> Any:
         """``request``'s body as JSON (``what`` names it in errors); a refused request raises
         what ``refine`` makes of its HttpStatusError."""
         try:
-            response = await self.request(method, url, params=params, headers=headers, json=json)
+            response = await self.request(
+                method, url, params=params, headers=headers, json=json, verbatim=verbatim
+            )
         except HttpStatusError as exc:
             error = refine(exc) if refine is not None else exc
             if error is exc:
@@ -309,15 +313,19 @@ class HttpClient:
         data: Mapping[str, str] | None = None,
         json: Any = None,
         authenticated: bool = True,
+        verbatim: bool = False,
     ) -> HttpResponse:
         """Send one request (a path is resolved against the token's ``base_url``) and return
-        its 2xx response; retries, waits and renews the token as the module says."""
+        its 2xx response; retries, waits and renews the token as the module says. A
+        ``verbatim`` URL (a link the source sent) goes out exactly as given, its escapes not
+        normalised."""
         where = f"{self.vendor} {method} {_path_of(url)}"
         attempt = 0  # retries spent (timeouts, connections, 429/5xx)
         renewed = False
         while True:
             token = await self._current_token() if authenticated else None
-            target = self._resolve(url, token, where)
+            resolved = self._resolve(url, token, where)
+            target = URL(resolved, encoded=True) if verbatim else resolved
             sent = {**(headers or {})}
             if token is not None:
                 sent["Authorization"] = f"Bearer {token.access_token}"
@@ -390,7 +398,7 @@ class HttpClient:
     async def _send(
         self,
         method: str,
-        url: str,
+        url: str | URL,
         params: Mapping[str, str] | None,
         headers: Mapping[str, str],
         data: Mapping[str, str] | None,
@@ -420,7 +428,7 @@ class HttpClient:
                 raise ConnectorError(self.redact(f"{self.vendor} {method}: {exc}")) from exc
         self._count(str(response.status))
         log.debug(
-            "http_request", vendor=self.vendor, method=method, path=_path_of(url),
+            "http_request", vendor=self.vendor, method=method, path=_path_of(str(url)),
             status=response.status, duration_ms=round((time.monotonic() - started) * 1000, 1),
         )  # fmt: skip
         return response

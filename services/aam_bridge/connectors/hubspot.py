@@ -27,6 +27,7 @@ from aam_bridge.connectors import hubspot_schema as hs
 from aam_bridge.connectors._common import (
     HttpConnector,
     base_url_option,
+    name_lists,
     reject_unknown,
     text_option,
 )
@@ -77,7 +78,10 @@ class HubSpotConnector(HttpConnector):
         token = text_option(opts, "access_token")
         if token is None:
             raise ConfigError("options.access_token is required: the private app's access token")
-        self.objects = _objects(opts.get("objects"))
+        self.objects = name_lists(
+            "objects", opts.get("objects"), hs.is_name, kind="an object type", rule=_OBJECTS_RULE,
+            lists="a list of property names like [dealname, amount], or null for every property",
+        )  # fmt: skip
         self.http_options = HttpOptions.from_options(opts)
         self._auth = StaticToken(token, self.base_url)
         self._token = token
@@ -301,34 +305,6 @@ def _next_after(body: Any) -> str | None:
     paging = body.get("paging") if isinstance(body, dict) else None
     after = paging.get("next", {}).get("after") if isinstance(paging, dict) else None
     return after if isinstance(after, str) and after else None
-
-
-def _objects(value: Any) -> dict[str, tuple[str, ...] | None]:
-    """Object type -> the properties to read (None: all), from options.objects."""
-    if not isinstance(value, list | dict) or not value:
-        raise ConfigError(f"options.objects={value!r} is invalid: {_OBJECTS_RULE}")
-    if isinstance(value, list):
-        if not all(isinstance(name, str) for name in value):
-            raise ConfigError(f"options.objects={value!r} is invalid: {_OBJECTS_RULE}")
-        if len(set(value)) < len(value):
-            raise ConfigError(
-                f"options.objects={value!r} is invalid: an object type is given twice"
-            )
-        value = dict.fromkeys(value)
-    objects: dict[str, tuple[str, ...] | None] = {}
-    for name, properties in value.items():
-        if not hs.is_name(name):
-            raise ConfigError(f"options.objects: {name!r} is not an object type")
-        if properties is None:
-            objects[name] = None
-        elif isinstance(properties, list) and properties and all(map(hs.is_name, properties)):
-            objects[name] = tuple(properties)
-        else:
-            raise ConfigError(
-                f"options.objects.{name}={properties!r} is invalid: use a list of property "
-                "names like [dealname, amount], or null for every property"
-            )
-    return objects
 
 
 def _now_ms() -> int:

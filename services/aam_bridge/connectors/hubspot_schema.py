@@ -17,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from aam_bridge.connectors._http import HttpResponse
+from aam_bridge.connectors._values import as_string, one_line
 from aam_dcl.errors import ConnectorError
 from aam_dcl.messages import Record
 
@@ -28,7 +29,6 @@ PROPERTIES_CHARS = 15_000  # of a list request's properties parameter; HubSpot's
 # json, object_coordinates) is a string
 _TYPES = {"number": "numeric", "bool": "boolean", "datetime": "datetime", "date": "date"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
-_ERROR_CHARS = 300
 
 Converter = Callable[[Any], Any]
 
@@ -79,16 +79,12 @@ def _as_date(value: Any) -> Any:
     return value[:10]
 
 
-def _as_string(value: Any) -> Any:
-    return value if value is None or isinstance(value, str) else str(value)
-
-
 _CONVERTERS: dict[str, Converter] = {
     "numeric": _as_numeric,
     "boolean": _as_boolean,
     "datetime": _as_datetime,
     "date": _as_date,
-    "string": _as_string,
+    "string": as_string,
 }
 
 
@@ -291,12 +287,12 @@ def parse_error(status: int, text: str) -> tuple[str | None, str]:
     except ValueError:
         body = None
     if not isinstance(body, dict) or "message" not in body:
-        return None, _one_line(text)
+        return None, one_line(text)
     code = body.get("errorType") or body.get("category")
     policy = body.get("policyName")
     if isinstance(code, str) and isinstance(policy, str):
         code = f"{code}:{policy}"
-    return (code if isinstance(code, str) else None), _one_line(str(body.get("message") or ""))
+    return (code if isinstance(code, str) else None), one_line(str(body.get("message") or ""))
 
 
 def wait_hint(response: HttpResponse) -> float | None:
@@ -321,7 +317,3 @@ def daily_usage(headers: Mapping[str, str]) -> tuple[int, int] | None:
     if limit.isdigit() and left.isdigit():
         return int(limit) - int(left), int(limit)
     return None
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:_ERROR_CHARS]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from aam_bridge.connectors._values import as_is, as_numeric, as_string, one_line
 from aam_dcl.errors import ConnectorError
 from aam_dcl.messages import Record
 
@@ -37,7 +38,6 @@ _TYPES: dict[str, str] = {
 _ID_RE = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # object and field API names
 _LIMIT_RE = re.compile(r"api-usage=(\d+)/(\d+)")
-_ERROR_CHARS = 300
 
 Converter = Callable[[Any], Any]
 
@@ -53,13 +53,6 @@ def is_api_name(name: object) -> bool:
 # --- values ------------------------------------------------------------------------------
 
 
-def _as_numeric(value: Any) -> Any:
-    """Decimal, so the bridge infers numeric and writes the digits Salesforce sent."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return Decimal(value)  # a whole amount comes without a fraction: 1000
-    return value
-
-
 def _as_integer(value: Any) -> Any:
     if isinstance(value, Decimal) and value == value.to_integral_value():
         return int(value)
@@ -73,25 +66,11 @@ def _as_datetime(value: Any) -> Any:
     return value
 
 
-def _as_string(value: Any) -> Any:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list):
-        return json.dumps(value, default=str, separators=(",", ":"))
-    return str(value)
-
-
-def _as_is(value: Any) -> Any:
-    return value
-
-
 _CONVERTERS: dict[str, Converter] = {
-    "numeric": _as_numeric,
+    "numeric": as_numeric,
     "integer": _as_integer,
     "datetime": _as_datetime,
-    "string": _as_string,
+    "string": as_string,
 }
 
 
@@ -110,7 +89,7 @@ class FieldPlan:
 
     def record(self, raw: Mapping[str, Any]) -> Record:
         return {
-            name: _CONVERTERS.get(kind, _as_is)(raw.get(name))
+            name: _CONVERTERS.get(kind, as_is)(raw.get(name))
             for name, kind in self.column_types.items()
         }
 
@@ -257,21 +236,17 @@ def parse_error(status: int, text: str) -> tuple[str | None, str]:
     try:
         body = json.loads(text)
     except ValueError:
-        return None, _one_line(text)
+        return None, one_line(text)
     if isinstance(body, list) and body and isinstance(body[0], dict):
         code, message = body[0].get("errorCode"), body[0].get("message")
     elif isinstance(body, dict) and "error" in body:
         code, message = body.get("error"), body.get("error_description")
     else:
-        return None, _one_line(text)
-    return (code if isinstance(code, str) else None), _one_line(str(message or ""))
+        return None, one_line(text)
+    return (code if isinstance(code, str) else None), one_line(str(message or ""))
 
 
 def api_usage(headers: Mapping[str, str]) -> tuple[int, int] | None:
     """(used, limit) from ``Sforce-Limit-Info: api-usage=18/5000``, if present."""
     match = _LIMIT_RE.search(headers.get("Sforce-Limit-Info", ""))
     return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:_ERROR_CHARS]
