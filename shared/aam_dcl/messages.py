@@ -4,7 +4,11 @@ Decoding is the worker's first line of defence: size is checked before parsing, 
 is checked with plain type tests (no per-record validation objects: they would dominate
 the hot path), and unknown fields are ignored so that other producers can add their own.
 
-``encode`` writes a ``Decimal`` as its own digits, never through a float.
+Numbers keep their decimal value exactly. ``encode`` writes a ``Decimal`` as its own digits.
+``decode`` parses with orjson (floats) when every number in the payload has at most 15
+significant digits, which a double holds exactly (its shortest repr is the number's value),
+and otherwise with the standard library, numbers with a fraction or exponent becoming
+``Decimal`` and integers staying exact however long.
 
 Optional per-table members beyond the configuration guide's example (producers that don't
 know them are unaffected): ``deleted``, the primary keys of rows deleted at the source, and
@@ -13,6 +17,7 @@ know them are unaffected): ``deleted``, the primary keys of rows deleted at the 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +36,13 @@ COLUMN_TYPES = frozenset({"string", "integer", "numeric", "boolean", "datetime",
 FINGERPRINT_SCHEME = "xxh3"  # prefix of every fingerprint: a later scheme is never compared
 _EMITTED_AT_KEY = b'"emitted_at":'
 _STRUCTURE = frozenset(b"[]{}")
+# A number a double may not hold exactly has 16 or more significant digits: 17 or more
+# digits-or-points in a row. Mapping those bytes to "0" and searching for 17 of them runs at
+# about 1.5 GB/s (a regex takes 10-40 times longer). Digits inside strings match too; they
+# only cost the slower exact parse.
+_NUMBER_BYTES = bytes(0x30 if chr(c) in "0123456789." else 0x20 for c in range(256))
+_LONG_NUMBER = b"0" * 17
+_NUMBER_CHARS = frozenset(b"0123456789.eE+-")
 
 Record = dict[str, Any]
 
@@ -173,7 +185,34 @@ def decode(fields: Mapping[bytes, bytes], max_payload_bytes: int) -> Batch:
 
 
 def loads(raw: bytes) -> Any:
-    return orjson.loads(raw)
+    """JSON with every number's value exact (see the module docstring)."""
+    if not _has_long_number(raw):
+        return orjson.loads(raw)
+    try:
+        return json.loads(raw, parse_float=Decimal, parse_constant=_no_constant)
+    except RecursionError:  # orjson refuses nesting past 1024 levels with a ValueError too
+        raise ValueError("nested too deeply") from None
+
+
+def _has_long_number(raw: bytes) -> bool:
+    """Whether a number in ``raw`` may have more digits than a double holds, not counting
+    ``emitted_at``: a producer's ``time.time()`` has 16-17 digits, it is only a timestamp,
+    and counting it would send every payload down the slow exact parse."""
+    shapes = raw.translate(_NUMBER_BYTES)
+    if _LONG_NUMBER not in shapes:
+        return False
+    at = raw.rfind(_EMITTED_AT_KEY)
+    if at < 0:
+        return True
+    start = at + len(_EMITTED_AT_KEY)
+    end = start
+    while end < len(raw) and raw[end] in _NUMBER_CHARS:
+        end += 1
+    return _LONG_NUMBER in shapes[:start] or _LONG_NUMBER in shapes[end:]
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def payload_fingerprint(raw: bytes, body: dict[str, Any]) -> str | None:

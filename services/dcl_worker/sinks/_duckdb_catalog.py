@@ -1,10 +1,13 @@
 """DuckDB's catalog and DDL for the DuckDB sink: what a stored table looks like, how one is
-created or widened, and the lookups that ignore case as DuckDB does."""
+created or widened, and the lookups that ignore case as DuckDB does. ``numeric`` is
+``DECIMAL(38, 9)`` (``_decimals``); a ``DOUBLE`` column from before becomes one on first use,
+or VARCHAR if one of its values has more digits than that holds."""
 
 from __future__ import annotations
 
 import duckdb
 
+from dcl_worker.sinks._decimals import DECIMAL_SCALE, DUCKDB_DECIMAL
 from dcl_worker.sinks._sql import (
     BATCH_ID_COLUMN,
     FOLD_SQL,
@@ -20,7 +23,7 @@ from dcl_worker.sinks._sql import (
 TYPES = {
     "string": "VARCHAR",
     "integer": "BIGINT",
-    "numeric": "DOUBLE",
+    "numeric": DUCKDB_DECIMAL,
     "boolean": "BOOLEAN",
     "datetime": "TIMESTAMPTZ",
     "date": "DATE",
@@ -28,12 +31,15 @@ TYPES = {
 }
 
 
+FLOAT_TYPE = "DOUBLE"  # numeric's type before it was exact
+
 # information_schema spelling -> logical type; anything else (a column made by hand) is
 # treated as string, which never asks for a change.
 _FROM_STORE = {
     "VARCHAR": "string",
     "BIGINT": "integer",
-    "DOUBLE": "numeric",
+    DUCKDB_DECIMAL: "numeric",
+    FLOAT_TYPE: "numeric",  # inexact: widened on first use
     "BOOLEAN": "boolean",
     "TIMESTAMP WITH TIME ZONE": "datetime",
     "DATE": "date",
@@ -95,11 +101,15 @@ def read_table(con: duckdb.DuckDBPyConnection, table: str) -> TableInfo | None:
         [table],
     ).fetchone()
     versioned = any(name == VERSION_COLUMN for name, _ in rows)
-    return TableInfo(columns, list(pk[0]) if pk else [], versioned)
+    inexact = [c for c, sql_type in rows if sql_type == FLOAT_TYPE and c in columns]
+    return TableInfo(columns, list(pk[0]) if pk else [], versioned, inexact=inexact)
 
 
 def alter_table(con: duckdb.DuckDBPyConnection, table: str, change: TableChange) -> None:
     name = quote_ident(table)
+    for column in change.from_float:
+        if change.widen.get(column) == "numeric" and not _doubles_fit(con, name, column):
+            change.widen[column] = change.info.columns[column] = "string"
     if change.create or set(change.widen) & set(change.info.primary_key):
         # DuckDB cannot change the type of a key column: rebuild the table around it.
         create_table(con, table if change.create else f"{table}__dcl_rebuild", change.info)
@@ -115,9 +125,32 @@ def alter_table(con: duckdb.DuckDBPyConnection, table: str, change: TableChange)
             f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {quote_ident(column)} {TYPES[logical]}"
         )
     for column, logical in change.widen.items():
+        stored = None if column in change.from_float else change.before.get(column)
+        cast = _cast(column, stored, logical)
         con.execute(
-            f"ALTER TABLE {name} ALTER COLUMN {quote_ident(column)} SET DATA TYPE {TYPES[logical]}"
+            f"ALTER TABLE {name} ALTER COLUMN {quote_ident(column)} SET DATA TYPE "
+            f"{TYPES[logical]} USING {cast}"
         )
+
+
+def _cast(column: str, stored: str | None, logical: str) -> str:
+    """``column`` as ``logical``'s type; a decimal as text without DECIMAL(38, 9)'s trailing
+    zeros (``5.5``, not ``5.500000000``), as PostgreSQL's numeric prints it."""
+    ref = quote_ident(column)
+    if stored == "numeric" and logical == "string":
+        return f"rtrim(rtrim(CAST({ref} AS VARCHAR), '0'), '.')"
+    return f"CAST({ref} AS {TYPES[logical]})"
+
+
+def _doubles_fit(con: duckdb.DuckDBPyConnection, name: str, column: str) -> bool:
+    """Whether every value of a DOUBLE column is exact in DECIMAL(38, 9) (the cast would fail
+    past 29 integer digits, and round past 9 decimals)."""
+    ref = quote_ident(column)
+    row = con.execute(
+        f"SELECT count(*) FROM {name} WHERE {ref} IS NOT NULL AND (NOT isfinite({ref}) "
+        f"OR abs({ref}) >= 1e29 OR round({ref}, {DECIMAL_SCALE}) <> {ref})"
+    ).fetchone()
+    return row is not None and row[0] == 0
 
 
 def create_table(con: duckdb.DuckDBPyConnection, table: str, info: TableInfo) -> None:
@@ -142,8 +175,8 @@ def copy_into_rebuild(con: duckdb.DuckDBPyConnection, table: str, info: TableInf
     columns = [c for c in info.columns if c in old] + meta
     names = ", ".join(quote_ident(c) for c in columns)
     casts = ", ".join(
-        f"CAST({quote_ident(c)} AS {TYPES[info.columns[c]]})"
-        if c in info.columns
+        _cast(c, None if c in stored.inexact else old[c], info.columns[c])
+        if stored and c in info.columns
         else quote_ident(c)
         for c in columns
     )

@@ -139,6 +139,7 @@ class TableWrite:
     parts: list[TablePart] = field(default_factory=list)  # non-empty parts, stream order
     batch_ids: list[str] = field(default_factory=list)  # every contributing batch
     origin: dict[str, str] = field(default_factory=dict)  # column -> first batch that brought it
+    type_origin: dict[str, str] = field(default_factory=dict)  # column -> batch that set its type
     folded: dict[str, str] = field(default_factory=dict)  # fold(column) -> column
 
     @property
@@ -173,6 +174,9 @@ class TableInfo:
     # False: INGESTED_AT_COLUMN has no server default (a PostgreSQL table from before it got
     # ``DEFAULT now()``); set on first use, so COPY need not send the time with every row.
     ingested_default: bool = True
+    # numeric columns stored as floating point (from before numeric was exact): widened to
+    # the exact type on first use.
+    inexact: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -185,6 +189,8 @@ class TableChange:
     info: TableInfo  # the table after the change
     add_version: bool = False  # add VERSION_COLUMN (bigint, default 0) to an older table
     set_ingested_default: bool = False  # give an older table's INGESTED_AT_COLUMN its default
+    from_float: list[str] = field(default_factory=list)  # widened from floating point
+    before: dict[str, str] = field(default_factory=dict)  # widened column -> its stored type
 
     @property
     def needed(self) -> bool:
@@ -245,7 +251,10 @@ def _add_column(tw: TableWrite, name: str, logical: str, batch_id: str) -> None:
         check_column_name(tw.table, name, batch_id)
         _check_fold(tw.folded, name, batch_id, f"table {tw.table}: column")
         tw.origin[name] = batch_id
-    tw.columns[name] = merge_types(known, logical)
+    merged = merge_types(known, logical)
+    if merged != known:
+        tw.type_origin[name] = batch_id
+    tw.columns[name] = merged
 
 
 def _check_fold(seen: dict[str, str], name: str, batch_id: str, what: str) -> None:
@@ -289,10 +298,11 @@ def plan_change(
     if existing is None:
         return TableChange(True, dict(columns), {}, TableInfo(dict(columns), list(primary_key)))
     add: dict[str, str] = {}
-    widen: dict[str, str] = {}
-    after = dict(existing.columns)
+    # A floating-point column becomes exact (or string, if this write needs that) first.
+    widen = {c: merge_types("numeric", columns.get(c, "numeric")) for c in existing.inexact}
+    after = {**existing.columns, **widen}
     for name, incoming in columns.items():
-        stored = existing.columns.get(name)
+        stored = after.get(name)
         if stored is None:
             add[name] = after[name] = incoming
             continue
@@ -307,6 +317,8 @@ def plan_change(
         info,
         add_version=not existing.versioned,
         set_ingested_default=not existing.ingested_default,
+        from_float=list(existing.inexact),
+        before={c: existing.columns[c] for c in widen},
     )
 
 

@@ -68,6 +68,7 @@ class Staged:
     tiebreak: list[str]  # columns of ``s`` that keep stream order among one version's rows
     casts: dict[str, str]  # column -> store type, where a cast may reject values (the probe's)
     location: str  # the temp table or the file, for the dialect's probe
+    new_keys_first: bool = False  # try a plain insert first (PostgreSQL: staged, not COPYed)
 
 
 def merge_sql(target: str, staged: Staged, primary_key: Sequence[str]) -> str:
@@ -196,6 +197,7 @@ class SqlSink(Sink, Generic[C]):
 
     async def _apply(self, con: C, tw: TableWrite, n: int) -> TableInfo:
         """The DDL the table needs, then its rows; returns the table as it is now."""
+        self._adapt(tw)
         cached = self._tables.get(tw.table)
         change = None if cached is None else plan_table(cached, tw, self.max_columns)
         if change is None or change.needed:
@@ -221,7 +223,7 @@ class SqlSink(Sink, Generic[C]):
             return
         staged = await self._stage(con, tw, logical, n)
         try:
-            await self._merge(con, merge_sql(self._name(tw.table), staged, info.primary_key))
+            await self._merge(con, tw, staged, info.primary_key)
         except Exception as exc:
             if not isinstance(self._translate(exc, "merging rows"), SinkDataError):
                 raise  # the store is unusable, or no driver error: the boundary decides
@@ -303,6 +305,10 @@ class SqlSink(Sink, Generic[C]):
         """Insert the inbox rows of the batches that are not in the inbox; return id ->
         stored fingerprint of those that are."""
 
+    def _adapt(self, tw: TableWrite) -> None:
+        """Change the write's column types to what the store can hold exactly (by default
+        nothing: DuckDB's numeric has a limit)."""
+
     async def _lock_table(self, con: C, table: str) -> None:
         """Serialise DDL on ``table`` across writers (by default the transaction alone does)."""
 
@@ -330,8 +336,8 @@ class SqlSink(Sink, Generic[C]):
         ``n`` numbers the tables of one write."""
 
     @abstractmethod
-    async def _merge(self, con: C, sql: str) -> None:
-        """Run the merge, so that a rejected one leaves ``con`` usable for ``_probe``."""
+    async def _merge(self, con: C, tw: TableWrite, staged: Staged, primary_key: list[str]) -> None:
+        """Run ``merge_sql``, so that a rejected one leaves ``con`` usable for ``_probe``."""
 
     @abstractmethod
     async def _probe(self, con: C, staged: Staged, column: str) -> str | None:

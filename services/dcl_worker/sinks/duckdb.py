@@ -20,19 +20,18 @@ import asyncio
 import contextlib
 import errno
 import os
-import re
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import duckdb
-import orjson
 
 from aam_dcl.errors import ConfigError, SinkDataError, SinkError, SinkUnavailable
 from aam_dcl.messages import Batch
+from dcl_worker.sinks._decimals import fits_duckdb
 from dcl_worker.sinks._duckdb_catalog import (
     TYPES,
     alter_table,
@@ -42,31 +41,32 @@ from dcl_worker.sinks._duckdb_catalog import (
     table_exists,
     table_of_other_case,
 )
+from dcl_worker.sinks._duckdb_spool import (
+    POS,
+    SEQ,
+    probe,
+    remove,
+    remove_leftover_spools,
+    spool,
+    spool_name,
+    staged_rows,
+)
 from dcl_worker.sinks._sql import (
-    BATCH_ID_COLUMN,
     DEFAULT_MAX_COLUMNS,
     INBOX_TABLE,
-    VERSION_COLUMN,
     TableChange,
     TableInfo,
     TableWrite,
     quote_ident,
     quote_literal,
 )
-from dcl_worker.sinks._template import SqlSink, Staged, first_line
+from dcl_worker.sinks._template import SqlSink, Staged, merge_sql
 from dcl_worker.sinks._tenancy import OWNER_TABLE, url_schema
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_SEQ, _POS, _ROWS, _ROW = "_dcl_seq", "_dcl_pos", "_dcl_rows", "_dcl_row"
-_MIN_OBJECT_BYTES = 16 * 1024 * 1024  # read_json's default maximum_object_size
 DEFAULT_SCHEMA = "main"
-# Spool files are .dcl-{database file}-{process}-{uuid}.ndjson: a file of this database that
-# another process wrote is a leftover (DuckDB lets one process open a database file at once).
-_PROCESS = uuid.uuid4().hex[:12]
-_SPOOL = re.compile(r"([0-9a-f]{12})-[0-9a-f]{32}\.ndjson")  # after the prefix
-_OLD_SPOOL = re.compile(r"\.dcl-[0-9a-f]{32}\.ndjson")  # before spool names said whose they are
 # A path that can never be a database file: ConfigError (exit 2), not a retry forever.
 _BAD_PATH_ERRNOS = frozenset({errno.ENOTDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS})
 
@@ -169,7 +169,7 @@ class DuckDBSink(SqlSink[_Session]):
                 await _in_thread(con.close)
         self.schema = schema
         if self.path != ":memory:":  # the temp directory's spool files are anyone's
-            await _in_thread(self._remove_leftover_spools)
+            await _in_thread(remove_leftover_spools, self._spool_dir, self._spool_prefix)
         return con
 
     def _check_path(self) -> None:
@@ -195,16 +195,6 @@ class DuckDBSink(SqlSink[_Session]):
                     f"DCL_SINK_URL: the DuckDB path {self.path} is not writable ({target}); "
                     "choose a path the worker can write"
                 )
-
-    def _remove_leftover_spools(self) -> None:
-        """Spool files of this database left by an earlier process (killed mid-write)."""
-        prefix = self._spool_prefix
-        with os.scandir(self._spool_dir) as entries:
-            for entry in entries:
-                name = entry.name
-                spool = name.startswith(prefix) and _SPOOL.fullmatch(name[len(prefix) :])
-                if (spool and spool[1] != _PROCESS) or _OLD_SPOOL.fullmatch(name):
-                    _remove(entry.path)
 
     async def close(self) -> None:
         async with self._lock:
@@ -278,33 +268,40 @@ class DuckDBSink(SqlSink[_Session]):
     async def _alter_table(self, s: _Session, table: str, change: TableChange) -> None:
         await _in_thread(alter_table, s.con, table, change)
 
+    def _adapt(self, tw: TableWrite) -> None:
+        """A numeric column with a value DECIMAL(38, 9) cannot hold exactly is a string column
+        in this write (the planner then widens the stored one): never a rounded value."""
+        for column, kind in tw.columns.items():
+            if kind == "numeric":
+                misfit = _first_misfit(tw, column)
+                if misfit is not None:
+                    tw.columns[column] = "string"
+                    tw.type_origin[column] = misfit
+
     async def _stage(self, s: _Session, tw: TableWrite, logical: dict[str, str], n: int) -> Staged:
         """Spool the rows as NDJSON; the merge reads them with the table's column types."""
-        name = f"{self._spool_prefix}{_PROCESS}-{uuid.uuid4().hex}.ndjson"
-        path = os.path.join(self._spool_dir, name)
+        path = os.path.join(self._spool_dir, spool_name(self._spool_prefix))
         s.spooled.append(path)
-        longest_line = await _in_thread(_spool, path, tw)
-        types = {c: TYPES[kind] for c, kind in logical.items()}
-        fields = ", ".join(f"{_ROW}.{quote_ident(c)} AS {quote_ident(c)}" for c in types)
-        rows = (
-            f"SELECT {_SEQ}, {_POS}, {BATCH_ID_COLUMN}, {VERSION_COLUMN}, {fields} FROM ("
-            f"SELECT {_SEQ}, {BATCH_ID_COLUMN}, {VERSION_COLUMN}, unnest({_ROWS}) AS {_ROW}, "
-            f"generate_subscripts({_ROWS}, 1) AS {_POS} "
-            f"FROM {_read_json(path, types, longest_line)})"
-        )
+        longest_line, as_text = await _in_thread(spool, path, tw.where(), tw.parts, logical)
+        types = {c: "VARCHAR" if c in as_text else TYPES[kind] for c, kind in logical.items()}
         return Staged(
-            source=f"({rows}) s",
-            exprs={c: f"s.{quote_ident(c)}" for c in types},
-            tiebreak=[_SEQ, _POS],
+            source=staged_rows(path, types, longest_line),
+            exprs={
+                c: f"CAST(s.{quote_ident(c)} AS JSON)" if c in as_text else f"s.{quote_ident(c)}"
+                for c in types
+            },
+            tiebreak=[SEQ, POS],
             casts={c: t for c, t in types.items() if t != "VARCHAR"},  # JSON converts to text
             location=path,
         )
 
-    async def _merge(self, s: _Session, sql: str) -> None:
-        await self._execute(s, sql)
+    async def _merge(
+        self, s: _Session, tw: TableWrite, staged: Staged, primary_key: list[str]
+    ) -> None:
+        await self._execute(s, merge_sql(self._name(tw.table), staged, primary_key))
 
     async def _probe(self, s: _Session, staged: Staged, column: str) -> str | None:
-        return await _in_thread(_probe, s.con, staged.location, column, staged.casts[column])
+        return await _in_thread(probe, s.con, staged.location, column, staged.casts[column])
 
     async def _scalar(self, s: _Session, sql: str) -> Any:
         return await _in_thread(_scalar, s.con, sql)
@@ -345,7 +342,7 @@ def _roll_back(s: _Session) -> None:
 
 def _remove_spools(s: _Session) -> None:
     for path in s.spooled:
-        _remove(path)
+        remove(path)
 
 
 def _claim(
@@ -373,53 +370,19 @@ def _claim(
     return stored
 
 
-def _spool(path: str, tw: TableWrite) -> int:
-    """The table's parts as NDJSON, one line a batch; returns the longest line's length."""
-    try:
-        lines = [
-            orjson.dumps(
-                {_SEQ: n, BATCH_ID_COLUMN: p.batch_id, VERSION_COLUMN: p.version, _ROWS: p.records}
-            )
-            for n, p in enumerate(tw.parts)
-        ]
-    except TypeError as exc:  # orjson.JSONEncodeError: a value JSON cannot hold
-        raise SinkDataError(f"{tw.where()}: a record cannot be encoded: {exc}") from exc
-    with open(path, "wb") as f:
-        f.write(b"\n".join(lines))
-    return max(map(len, lines))
-
-
-def _probe(con: duckdb.DuckDBPyConnection, path: str, column: str, sql_type: str) -> str | None:
-    """DuckDB's complaint about reading ``column`` of the spool file as ``sql_type``, or None.
-    In a cursor of its own: the failed merge has aborted the write's transaction."""
-    probe = _read_json(path, {column: sql_type}, _MIN_OBJECT_BYTES)
-    with con.cursor() as cursor:
-        try:
-            cursor.execute(f"SELECT count({_ROWS}) FROM {probe}").fetchall()
-        except (duckdb.ConversionException, duckdb.InvalidInputException) as exc:
-            return first_line(exc)
-    return None
-
-
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
     row = con.execute(sql).fetchone()
     return row[0] if row else None
 
 
-def _read_json(path: str, types: dict[str, str], longest_line: int) -> str:
-    fields = ", ".join(f"{quote_ident(c)} {t}" for c, t in types.items())
-    columns = (
-        f"{{{quote_literal(_SEQ)}: 'INTEGER', {quote_literal(BATCH_ID_COLUMN)}: 'VARCHAR', "
-        f"{quote_literal(VERSION_COLUMN)}: 'BIGINT', "
-        f"{quote_literal(_ROWS)}: {quote_literal(f'STRUCT({fields})[]')}}}"
-    )
-    size = max(_MIN_OBJECT_BYTES, longest_line + 1)
-    return (
-        f"read_json({quote_literal(path)}, format = 'newline_delimited', "
-        f"maximum_object_size = {size}, columns = {columns})"
-    )
-
-
-def _remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):  # never written: failed before spooling
-        os.remove(path)
+def _first_misfit(tw: TableWrite, column: str) -> str | None:
+    """The first batch of ``tw`` with a value of ``column`` that DECIMAL(38, 9) cannot hold."""
+    for part in tw.parts:
+        values = list(map(dict.get, part.records, repeat(column)))
+        try:
+            if not fits_duckdb(values):
+                return part.batch_id
+        except (TypeError, ValueError) as exc:
+            where = f"batch {part.batch_id}: table {tw.table}: column {column}"
+            raise SinkDataError(f"{where}: {exc}") from exc
+    return None
