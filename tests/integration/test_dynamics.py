@@ -290,6 +290,23 @@ async def test_rows_sharing_a_modifiedon_across_pages_are_read_once_per_read(
             )
 
 
+async def test_change_tracking_turned_on_later_starts_a_full_read_with_it(
+    dv: FakeDataverse,
+) -> None:
+    """A modifiedon cursor of a table that tracks changes now: read again in full with change
+    tracking (reads_in_full says so for that cursor), then by delta link."""
+    seed(dv, accounts=1, opportunities=6)
+    async with opened(make(dv)) as connector:
+        first = await pages(connector, OPPORTUNITIES)
+        dv.entities["opportunities"].change_tracking = True
+        await connector.tables()
+        read = await pages(connector, OPPORTUNITIES, first[-1].cursor)
+        assert connector.reads_in_full(OPPORTUNITIES, first[-1].cursor)
+    assert records(read) == truth(dv, "opportunities")
+    assert "delta" in json.loads(read[-1].cursor or "")
+    assert api_requests(dv, "opportunities")[-1].prefer == CHANGES
+
+
 async def test_listed_columns_get_the_key_and_modifiedon_added_and_lookups_by_attribute_name(
     dv: FakeDataverse,
 ) -> None:

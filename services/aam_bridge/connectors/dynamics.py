@@ -182,11 +182,10 @@ class DynamicsConnector(HttpConnector):
                     hint="the table has no change tracking: rows are read by modifiedon and "
                     "deletes are not seen; enable Track changes on the table to see them",
                 )  # fmt: skip
-            if at is not None and not at.by_modified:
-                raise ConnectorError(
-                    f"dynamics cursor of {name} is a change-tracking link, but the entity "
-                    "no longer tracks changes: reset the connector's sync state to read it again"
-                )
+            if at is not None and not at.by_modified:  # a delta link, but no change tracking
+                log.warning("dynamics_change_tracking_gone", entity=name)
+                self._full_reads.add((table.name, cursor or ""))
+                at = None
             pages = self._read_modified(plan, at)
         async for page in pages:
             yield page
@@ -271,7 +270,7 @@ class DynamicsConnector(HttpConnector):
     def _link(self, link: str) -> str:
         """A link the server sent, checked to be of this organization's Web API (a cursor
         holding it is followed with the token later)."""
-        if not link.startswith(f"{self.url}{ds.API_PATH}/"):
+        if not link.lower().startswith(f"{self.url}{ds.API_PATH}/".lower()):  # hosts ignore case
             raise ConnectorError(f"dynamics sent a link outside {self.url}{ds.API_PATH}: refused")
         return link
 

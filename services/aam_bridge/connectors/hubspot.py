@@ -137,7 +137,13 @@ class HubSpotConnector(HttpConnector):
         its properties from the other chunks (asked with the same ``after``). An object a later
         chunk no longer returns was archived meanwhile: it is left out (the next run's archived
         pass reports it)."""
-        bodies = await asyncio.gather(*(self._list(plan, chunk, after) for chunk in chunks))
+        answers = await asyncio.gather(
+            *(self._list(plan, chunk, after) for chunk in chunks), return_exceptions=True
+        )
+        for answer in answers:  # every request has ended: none is left running on failure
+            if isinstance(answer, BaseException):
+                raise answer
+        bodies = list(answers)
         rows = _results(plan.object_type, bodies[0])
         for body in bodies[1:]:
             more = {row["id"]: row for row in _results(plan.object_type, body)}
