@@ -276,7 +276,8 @@ def _read_error(name: str, exc: HttpStatusError) -> ConnectorError:
     if exc.status == 401:
         return AuthError(f"{exc}: check options.access_token (a private app's access token)")
     if exc.status == 403:
-        scope = name if name in ("contacts", "companies", "deals") else "<object type>"
+        custom = name.startswith("p_") or name[:1].isdigit()  # p_<name>, 2-<id>
+        scope = "custom" if custom else name
         return AuthError(
             f"{exc}: give the private app the scopes crm.objects.{scope}.read and "
             f"crm.schemas.{scope}.read"
