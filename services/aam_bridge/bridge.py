@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import time
 
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
@@ -20,7 +19,7 @@ from aam_bridge.connectors.base import Connector
 from aam_bridge.sync import SyncRunner
 from aam_dcl.config import Settings
 from aam_dcl.errors import AamDclError
-from aam_dcl.redis_conn import redis_problem
+from aam_dcl.redis_conn import RedisClient, redis_problem
 from aam_dcl.waiting import Backoff, StopWaiter
 
 log = structlog.get_logger("aam_bridge")
@@ -32,7 +31,7 @@ class Bridge:
     def __init__(
         self,
         settings: Settings,
-        client: aioredis.Redis,
+        client: RedisClient,
         connectors: list[Connector],
         stopping: asyncio.Event,
     ) -> None:
@@ -96,6 +95,9 @@ class Bridge:
                 # bridge or the other connectors: log, count, retry with backoff. The retry
                 # resumes the interrupted run from its checkpoint.
                 metrics.SYNC_RUNS.labels(*labels, "failed").inc()
+                metrics.SYNC_RUN_SECONDS.labels(*labels, "failed").observe(
+                    time.monotonic() - started
+                )
                 delay = backoff.next_s()
                 expected = isinstance(exc, AamDclError | RedisError | OSError)
                 (log.warning if expected else log.exception)(
@@ -108,6 +110,9 @@ class Bridge:
                 continue
             backoff.reset()
             metrics.SYNC_RUNS.labels(*labels, "succeeded").inc()
+            metrics.SYNC_RUN_SECONDS.labels(*labels, "succeeded").observe(
+                time.monotonic() - started
+            )
             metrics.LAST_SUCCESS.labels(*labels).set(time.time())
             log.info(
                 "sync_run_finished",

@@ -23,6 +23,12 @@ PUBLISH_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
 SYNC_RUNS = Counter("aam_bridge_sync_runs", "Sync runs, by status.", [*_C, "status"])
+SYNC_RUN_SECONDS = Histogram(
+    "aam_bridge_sync_run_duration_seconds",
+    "Time of one sync run (a resumed run from its resumption), by status.",
+    [*_C, "status"],
+    buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600),
+)
 BACKPRESSURE_SECONDS = Counter(
     "aam_bridge_backpressure_seconds",
     "Time spent waiting because the group's lag + pending neared AAM_REDIS_STREAM_MAXLEN.",
@@ -50,6 +56,7 @@ def init_connector(tenant: str, connector: str) -> None:
         counter.labels(*labels)
     for status in SYNC_STATUSES:
         SYNC_RUNS.labels(*labels, status)
+        SYNC_RUN_SECONDS.labels(*labels, status)
     for reason in REJECT_REASONS:
         RECORDS_REJECTED.labels(*labels, reason)
     PUBLISH_SECONDS.labels(*labels)
