@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from aam_bridge.connectors.base import ConnectorConfig
 from aam_bridge.main import serve as serve_bridge
-from aam_dcl import keys
 from aam_dcl.config import Settings
 from dcl_worker.main import serve as serve_worker
 
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]], timeout_s: float = 30.0, what: str = "condition"
-) -> None:
-    """Poll ``condition`` until true; fail the test with ``what`` after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+# Kept importable from here until every test imports them from tests.support (they moved).
+from tests.support import drained, wait_until  # noqa: F401 - re-exported
 
 
 def demo_configs(records: int, **options: Any) -> list[ConnectorConfig]:
@@ -72,15 +60,3 @@ async def running_worker(settings: Settings) -> AsyncIterator[asyncio.Event]:
 
 async def run_bridge_once(settings: Settings, configs: list[ConnectorConfig]) -> None:
     await asyncio.wait_for(serve_bridge(settings, asyncio.Event(), configs), 120)
-
-
-async def drained(client: aioredis.Redis, tenant: str = "default") -> bool:
-    """Every stream of the tenant has a group with no lag and nothing pending."""
-    found = False
-    async for key in client.scan_iter(match=keys.stream_pattern(tenant), _type="stream"):
-        found = True
-        groups = {g["name"].decode(): g for g in await client.xinfo_groups(key)}
-        group = groups.get(keys.group(tenant))
-        if group is None or group["pending"] or group["lag"] != 0:
-            return False
-    return found

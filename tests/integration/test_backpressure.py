@@ -13,8 +13,9 @@ from aam_bridge.main import serve as serve_bridge
 from aam_dcl import keys
 from aam_dcl.config import Settings
 from dcl_worker import metrics as worker_metrics
-from tests.integration.conftest import demo_configs, drained, running_worker, wait_until
+from tests.integration.conftest import demo_configs, running_worker
 from tests.integration.test_pipeline import store_rows
+from tests.support import drained, wait_until
 
 MAXLEN = 50
 CHUNK = 10

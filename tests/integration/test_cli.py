@@ -12,13 +12,8 @@ import orjson
 import redis.asyncio as aioredis
 
 from aam_dcl.config import Settings
-from tests.integration.conftest import (
-    demo_configs,
-    drained,
-    run_bridge_once,
-    running_worker,
-    wait_until,
-)
+from tests.integration.conftest import demo_configs, run_bridge_once, running_worker
+from tests.support import drained, wait_until
 
 BIN = Path(sys.executable).parent
 

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from aam_dcl import __version__, keys
 from aam_dcl.acl import ROLE_COMMANDS, UNPROBED, acl_users, probe_commands
 from aam_dcl.permissions import denied_commands
-from tests.integration.conftest import wait_until
+from tests.support import wait_until
 
 BIN = Path(sys.executable).parent
 DAEMONS = ["aam-bridge", "dcl-worker"]

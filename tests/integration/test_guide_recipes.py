@@ -10,13 +10,8 @@ import redis.asyncio as aioredis
 
 from aam_dcl.config import Settings
 from aam_dcl_cli.local_server import LocalServer
-from tests.integration.conftest import (
-    demo_configs,
-    drained,
-    run_bridge_once,
-    running_worker,
-    wait_until,
-)
+from tests.integration.conftest import demo_configs, run_bridge_once, running_worker
+from tests.support import drained, wait_until
 
 
 def redis_cli_binary() -> str:

@@ -18,7 +18,8 @@ from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.messages import Batch, encode
 from aam_dcl.schema import table_batch
-from tests.integration.conftest import drained, running_worker, wait_until
+from tests.integration.conftest import running_worker
+from tests.support import drained, wait_until
 
 
 def batch(connector: str, batch_id: str, name: str) -> Batch:

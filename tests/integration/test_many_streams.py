@@ -15,9 +15,10 @@ import redis.asyncio as aioredis
 from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.messages import encode
-from tests.integration.conftest import drained, running_worker, wait_until
+from tests.integration.conftest import running_worker
 from tests.integration.test_redis_faults import recorded_logs
 from tests.integration.test_worker import make_batch
+from tests.support import drained, wait_until
 
 STREAMS = 500
 

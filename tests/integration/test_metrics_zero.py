@@ -17,13 +17,8 @@ from prometheus_client import REGISTRY, generate_latest
 
 from aam_dcl.config import Settings
 from dcl_worker import metrics as worker_metrics
-from tests.integration.conftest import (
-    demo_configs,
-    drained,
-    run_bridge_once,
-    running_worker,
-    wait_until,
-)
+from tests.integration.conftest import demo_configs, run_bridge_once, running_worker
+from tests.support import drained, wait_until
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy/grafana/dashboards/aam-dcl.json"
 _METRIC = re.compile(r"\b((?:aam_bridge|dcl_worker)_[a-z0-9_]+)")

@@ -22,13 +22,8 @@ from aam_dcl.config import Settings
 from aam_dcl.messages import Batch, Column, TableBatch, TableSchema, encode
 from aam_dcl_cli import ops, trim
 from aam_dcl_cli.cli import main
-from tests.integration.conftest import (
-    demo_configs,
-    drained,
-    run_bridge_once,
-    running_worker,
-    wait_until,
-)
+from tests.integration.conftest import demo_configs, run_bridge_once, running_worker
+from tests.support import drained, wait_until
 
 T = "default"
 C = "salesforce"

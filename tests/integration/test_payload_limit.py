@@ -18,8 +18,9 @@ from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.messages import decode, payload_fingerprint
 from aam_dcl.redis_conn import connect
-from tests.integration.conftest import drained, running_worker, wait_until
+from tests.integration.conftest import running_worker
 from tests.integration.test_redis_faults import recorded_logs
+from tests.support import drained, wait_until
 
 LIMIT = 1024
 

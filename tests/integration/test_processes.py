@@ -18,7 +18,7 @@ from aam_bridge.connectors.demo import DemoConnector
 from aam_dcl import keys
 from aam_dcl.messages import Batch, encode
 from aam_dcl.schema import table_batch
-from tests.integration.conftest import wait_until
+from tests.support import wait_until
 
 BIN = Path(sys.executable).parent
 

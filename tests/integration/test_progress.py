@@ -12,14 +12,9 @@ import redis.asyncio as aioredis
 
 from aam_dcl.config import Settings
 from aam_dcl.logs import configure_logging
-from tests.integration.conftest import (
-    demo_configs,
-    drained,
-    run_bridge_once,
-    running_worker,
-    wait_until,
-)
+from tests.integration.conftest import demo_configs, run_bridge_once, running_worker
 from tests.integration.test_redis_faults import recorded_logs
+from tests.support import drained, wait_until
 
 
 @contextmanager

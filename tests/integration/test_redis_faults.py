@@ -22,7 +22,6 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 import structlog
-from prometheus_client import REGISTRY
 
 from aam_bridge.connectors.base import ConnectorConfig
 from aam_bridge.connectors.demo import DemoConnector
@@ -33,8 +32,10 @@ from aam_dcl.messages import Batch, encode
 from aam_dcl.schema import table_batch
 from aam_dcl_cli.local_server import LocalServer, free_port, start_local_server
 from dcl_worker.main import serve as serve_worker
-from tests.integration.conftest import demo_configs, wait_until
+from tests import support
+from tests.integration.conftest import demo_configs
 from tests.integration.tcp_proxy import tcp_proxy
+from tests.support import sample, wait_until
 
 TENANT = "default"
 # A loop that retries a dead dependency must back off: fewer than this many retries per
@@ -44,13 +45,8 @@ MAX_RETRIES_PER_OUTAGE_S = 20
 # --- helpers shared with test_sink_faults.py and test_fuzz.py ---------------------------------
 
 
-def metric(name: str, **labels: str) -> float:
-    """Current value of one Prometheus sample of this process (0 if never touched)."""
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
 def worker_metric(name: str, connector: str, tenant: str = TENANT, **labels: str) -> float:
-    return metric(f"dcl_worker_{name}", tenant=tenant, connector=connector, **labels)
+    return sample(f"dcl_worker_{name}", tenant=tenant, connector=connector, **labels)
 
 
 @contextlib.contextmanager
@@ -112,16 +108,8 @@ async def pending_count(client: aioredis.Redis, connector: str, tenant: str = TE
 
 
 async def drained(client: aioredis.Redis, connectors: list[str], tenant: str = TENANT) -> bool:
-    """Each connector's stream has our group, with nothing undelivered and nothing pending."""
-    for connector in connectors:
-        try:
-            groups = await client.xinfo_groups(keys.stream(tenant, connector))
-        except (aioredis.ResponseError, aioredis.ConnectionError):  # no stream yet; restarting
-            return False
-        group = {g["name"].decode(): g for g in groups}.get(keys.group(tenant))
-        if group is None or group["pending"] or group["lag"] != 0:
-            return False
-    return True
+    """``tests.support.drained`` of the named connectors (the fault tests always name them)."""
+    return await support.drained(client, tenant, connectors)
 
 
 @contextlib.asynccontextmanager
@@ -275,7 +263,7 @@ async def run_demo_through_outage(
     )
     redis_errors = {c: worker_metric("redis_errors_total", c) for c in connectors}
     processed = {c: worker_metric("records_total", c, outcome="processed") for c in connectors}
-    failed_runs = {c: metric("aam_bridge_sync_runs_total", tenant=TENANT, connector=c,
+    failed_runs = {c: sample("aam_bridge_sync_runs_total", tenant=TENANT, connector=c,
                              status="failed") for c in connectors}  # fmt: skip
     outage_s = 0.0
     with recorded_logs() as events:
@@ -320,7 +308,7 @@ async def run_demo_through_outage(
         errors = worker_metric("redis_errors_total", connector) - redis_errors[connector]
         seen += errors
         assert_bounded(errors, outage_s, f"worker consumer {connector}")
-        runs = metric("aam_bridge_sync_runs_total", tenant=TENANT, connector=connector,
+        runs = sample("aam_bridge_sync_runs_total", tenant=TENANT, connector=connector,
                       status="failed") - failed_runs[connector]  # fmt: skip
         assert_bounded(runs, outage_s, f"bridge connector {connector}")
     # One reader serves every stream: a command that failed was one stream's handling or the

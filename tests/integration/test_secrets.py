@@ -17,7 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from aam_dcl import keys
-from tests.integration.conftest import drained, wait_until
+from tests.support import drained, wait_until
 
 BIN = Path(sys.executable).parent
 REDIS_PW = "CANARY-redis-7f3a"

@@ -22,7 +22,7 @@ from aam_dcl.errors import ConnectorError
 from aam_dcl.redis_conn import connect
 from aam_dcl_cli.cli import main
 from aam_dcl_cli.syncs import sync_runs
-from tests.integration.conftest import wait_until
+from tests.support import wait_until
 
 RECORDS = 200  # rows of each demo table in a full read
 
