@@ -6,24 +6,18 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from aam_bridge import metrics as bridge_metrics
 from aam_bridge.connectors.demo import DemoConnector
 from aam_bridge.connectors.registry import create
 from aam_bridge.main import serve as serve_bridge
 from aam_dcl import keys
 from aam_dcl.config import Settings
-from dcl_worker import metrics as worker_metrics
 from tests.integration.conftest import demo_configs, running_worker
 from tests.integration.test_pipeline import store_rows
-from tests.support import drained, wait_until
+from tests.support import drained, sample, wait_until
 
 MAXLEN = 50
 CHUNK = 10
 RECORDS = 840  # per table: 3 tables x 84 chunks = 252 entries, about 5 x MAXLEN
-
-
-def gauge(metric: object, *labels: str) -> float:
-    return float(metric.labels(*labels)._value.get())  # type: ignore[attr-defined]  # no public getter
 
 
 async def test_stopped_worker_then_5x_maxlen_published_every_record_lands(
@@ -32,14 +26,14 @@ async def test_stopped_worker_then_5x_maxlen_published_every_record_lands(
     settings = settings.model_copy(update={"stream_maxlen": MAXLEN, "batch_chunk_size": CHUNK})
     (config,) = demo_configs(records=RECORDS)[:1]
     stream = keys.stream("default", config.name)
-    labels = ("default", config.name)
-    waited_before = gauge(bridge_metrics.BACKPRESSURE_SECONDS, *labels)
-    deleted_before = gauge(worker_metrics.DELETED_PENDING, *labels)
+    labels = {"tenant": "default", "connector": config.name}
+    waited_before = sample("aam_bridge_backpressure_seconds_total", **labels)
+    deleted_before = sample("dcl_worker_deleted_pending_entries_total", **labels)
 
     bridge = asyncio.create_task(serve_bridge(settings, asyncio.Event(), [config]))
 
     async def blocked() -> bool:
-        return gauge(bridge_metrics.BACKPRESSURE_ACTIVE, *labels) == 1
+        return sample("aam_bridge_backpressure_active", **labels) == 1
 
     await wait_until(blocked, what="the bridge to apply back-pressure")
     info = await redis.xinfo_stream(stream)
@@ -53,8 +47,8 @@ async def test_stopped_worker_then_5x_maxlen_published_every_record_lands(
     info = await redis.xinfo_stream(stream)
     assert info["entries-added"] >= 5 * MAXLEN
     assert info["length"] < info["entries-added"], "trimming still happens, of acked entries"
-    assert gauge(bridge_metrics.BACKPRESSURE_SECONDS, *labels) > waited_before
-    assert gauge(worker_metrics.DELETED_PENDING, *labels) == deleted_before
+    assert sample("aam_bridge_backpressure_seconds_total", **labels) > waited_before
+    assert sample("dcl_worker_deleted_pending_entries_total", **labels) == deleted_before
     connector = create(config)
     assert isinstance(connector, DemoConnector)
     for spec in await connector.tables():
@@ -90,7 +84,7 @@ async def read_slowly(
                 await redis.xack(stream, group, entry_id)
         if not reply and until.is_set():
             return [b.decode() for b in batch_ids]
-        await asyncio.sleep(0.03)
+        await asyncio.sleep(0.03)  # the slow reader's pace: nothing to wait for
 
 
 async def test_a_second_slower_group_on_the_stream_receives_every_entry(

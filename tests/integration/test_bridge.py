@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 
-from aam_bridge import metrics
 from aam_bridge.bridge import Bridge
 from aam_bridge.connectors.base import Connector, ConnectorConfig, Page, TableSpec
 from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.redis_conn import connect
 from tests.integration.test_progress import info_logs
+from tests.support import sample
 
 
 class FlakyConnector(Connector):
@@ -42,8 +42,8 @@ async def test_a_failing_connector_is_retried_and_its_run_resumed_without_gap_or
 ) -> None:
     settings = settings.model_copy(update={"batch_chunk_size": 10})
     config = ConnectorConfig("flaky", "flaky", "flaky-1", None, {})
-    failed = metrics.SYNC_RUNS.labels("default", "flaky", "failed")
-    failed_before = failed._value.get()  # no public getter in prometheus_client
+    failed = {"tenant": "default", "connector": "flaky", "status": "failed"}
+    failed_before = sample("aam_bridge_sync_runs_total", **failed)
     client = connect(settings)
     try:
         bridge = Bridge(settings, client, [FlakyConnector(config)], asyncio.Event())
@@ -51,7 +51,7 @@ async def test_a_failing_connector_is_retried_and_its_run_resumed_without_gap_or
             await asyncio.wait_for(bridge.run(), 30)
     finally:
         await client.aclose()
-    assert failed._value.get() == failed_before + 1
+    assert sample("aam_bridge_sync_runs_total", **failed) == failed_before + 1
     (finished,) = [e for e in events if e["event"] == "sync_run_finished"]
     assert finished["resumed"]
     entries = await redis.xrange(keys.stream("default", "flaky"))

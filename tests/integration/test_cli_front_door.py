@@ -15,12 +15,12 @@ from pathlib import Path
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from aam_dcl import __version__, keys
 from aam_dcl.config import Settings
-from aam_dcl_cli.cli import main
 from tests.integration.conftest import demo_configs, run_bridge_once, running_worker
+from tests.support import invoke_cli
 
 BIN = Path(sys.executable).parent
 C = "salesforce"
@@ -128,7 +128,7 @@ def placed(position: str, args: list[str]) -> list[str]:
 
 async def invoke(args: list[str], redis_url: str, cwd: Path) -> Result:
     env = {"REDIS_URL": redis_url, "TENANT_ID": "default", "DCL_SINK_URL": f"duckdb://{cwd}/d"}
-    return await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
+    return await invoke_cli(args, env)
 
 
 @pytest.mark.parametrize("position", ["before", "after"])

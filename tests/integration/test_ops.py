@@ -12,8 +12,7 @@ import duckdb
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from click.testing import CliRunner, Result
-from prometheus_client import REGISTRY
+from click.testing import Result
 from redis.exceptions import AuthenticationError, NoPermissionError
 
 from aam_dcl import keys
@@ -21,9 +20,8 @@ from aam_dcl.acl import acl_users
 from aam_dcl.config import Settings
 from aam_dcl.messages import Batch, Column, TableBatch, TableSchema, encode
 from aam_dcl_cli import ops, trim
-from aam_dcl_cli.cli import main
 from tests.integration.conftest import demo_configs, run_bridge_once, running_worker
-from tests.support import drained, wait_until
+from tests.support import drained, invoke_cli, sample, wait_until
 
 T = "default"
 C = "salesforce"
@@ -49,10 +47,7 @@ def store_count(settings: Settings, sql: str) -> int:
 
 
 async def cli(args: Sequence[str], redis_url: str, stdin: str | None = None) -> Result:
-    """Invoke ``aam-dcl`` with CliRunner in a thread (its commands call asyncio.run)."""
-    runner = CliRunner()
-    env = {"REDIS_URL": redis_url, "TENANT_ID": T}
-    return await asyncio.to_thread(runner.invoke, main, list(args), input=stdin, env=env)
+    return await invoke_cli(args, {"REDIS_URL": redis_url, "TENANT_ID": T}, stdin)
 
 
 async def dead_letter_by_deliveries(
@@ -425,8 +420,8 @@ async def test_trim_to_0_of_a_stream_without_group_is_refused(redis: aioredis.Re
 # --- pause / resume --------------------------------------------------------------------------
 
 
-def paused_gauge() -> float | None:
-    return REGISTRY.get_sample_value("dcl_worker_paused", {"tenant": T})
+def paused_gauge() -> float:
+    return sample("dcl_worker_paused", tenant=T)
 
 
 async def test_pause_stops_a_running_worker_and_resume_restarts_it(
@@ -447,7 +442,8 @@ async def test_pause_stops_a_running_worker_and_resume_restarts_it(
             return paused_gauge() == 1
 
         await wait_until(worker_paused, timeout_s=5, what="dcl_worker_paused to be 1")
-        # A read that was already blocked when the flag was seen may still return: let it.
+        # Nothing to poll: a read already blocked when the flag was seen may still return
+        # (within block_ms); let it before publishing what must then stay unread.
         await asyncio.sleep(settings.block_ms / 1000 * 3)
         for n in range(2, 5):
             await redis.xadd(STREAM, {"payload": notes_payload(f"salesforce_10_{n}")})
@@ -475,11 +471,8 @@ async def test_acl_users_run_bridge_and_worker_and_cannot_touch_another_tenant(
     worker cannot write the pause flag."""
     password = "s3cret-acme"
     runner_env = {"AAM_ACME_PW": password}
-    result = await asyncio.to_thread(
-        CliRunner().invoke,
-        main,
-        ["acl", "--tenant", "acme", "--password-env", "AAM_ACME_PW"],
-        env=runner_env,
+    result = await invoke_cli(
+        ["acl", "--tenant", "acme", "--password-env", "AAM_ACME_PW"], runner_env
     )
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
@@ -499,7 +492,7 @@ async def test_acl_users_run_bridge_and_worker_and_cannot_touch_another_tenant(
         async with running_worker(acme.model_copy(update={"redis_url": url("aam-worker-acme")})):
             bridge = acme.model_copy(update={"redis_url": url("aam-bridge-acme")})
             await run_bridge_once(bridge, demo_configs(records=120, page_size=50)[:1])
-            await wait_until(lambda: drained(redis, "acme"), what="acme's data to flow")
+            await wait_until(lambda: drained(redis, tenant="acme"), what="acme's data to flow")
         # Nothing the daemons sent was denied (some replies are read with raise_on_error=False,
         # so a missing rule would not always fail loudly). Redis >= 7.2 logs CLIENT SETINFO,
         # which the rules leave out on purpose (see aam_dcl_cli.ops).
@@ -567,8 +560,7 @@ async def test_acl_operator_user_runs_the_operator_commands_on_its_tenant_only(
     as_operator = redis_url.replace("redis://", f"redis://{user.user}:{password}@")
 
     async def run(*args: str) -> Result:
-        env = {"REDIS_URL": as_operator, "TENANT_ID": "acme"}
-        return await asyncio.to_thread(CliRunner().invoke, main, list(args), env=env)
+        return await invoke_cli(args, {"REDIS_URL": as_operator, "TENANT_ID": "acme"})
 
     try:
         await redis.acl_log_reset()

@@ -11,7 +11,6 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from aam_bridge import metrics
 from aam_bridge.connectors.base import Connector, ConnectorConfig, Page, TableSpec
 from aam_bridge.sync import SyncRunner
 from aam_dcl import keys
@@ -20,7 +19,7 @@ from aam_dcl.messages import decode, payload_fingerprint
 from aam_dcl.redis_conn import connect
 from tests.integration.conftest import running_worker
 from tests.integration.test_redis_faults import recorded_logs
-from tests.support import drained, wait_until
+from tests.support import drained, sample, wait_until
 
 LIMIT = 1024
 
@@ -127,8 +126,12 @@ async def test_a_run_killed_among_a_split_chunks_pieces_resends_them_identically
 async def test_a_record_over_the_limit_on_its_own_is_rejected_and_the_run_goes_on(
     limited: Settings, redis: aioredis.Redis
 ) -> None:
-    rejected = metrics.RECORDS_REJECTED.labels("default", "texts", "oversize")
-    before = rejected._value.get()  # no public getter in prometheus_client
+
+    def rejected() -> float:
+        labels = {"tenant": "default", "connector": "texts", "reason": "oversize"}
+        return sample("aam_bridge_records_rejected_total", **labels)
+
+    before = rejected()
     sizes = [10] * 30
     sizes[17] = 5000
     client = connect(limited)
@@ -138,7 +141,7 @@ async def test_a_record_over_the_limit_on_its_own_is_rejected_and_the_run_goes_o
             again = await SyncRunner(limited, client, Texts(sizes)).run_once()
     finally:
         await client.aclose()
-    assert rejected._value.get() == before + 1  # once: the checkpoint moved past it
+    assert rejected() == before + 1  # once: the checkpoint moved past it
     (event,) = [e for e in events if e["event"] == "record_rejected"]
     assert (event["connector"], event["table"], event["primary_key"]) == (
         "texts",

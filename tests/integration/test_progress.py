@@ -14,7 +14,7 @@ from aam_dcl.config import Settings
 from aam_dcl.logs import configure_logging
 from tests.integration.conftest import demo_configs, run_bridge_once, running_worker
 from tests.integration.test_redis_faults import recorded_logs
-from tests.support import drained, wait_until
+from tests.support import drained, sample, wait_until
 
 
 @contextmanager
@@ -38,13 +38,24 @@ async def test_bridge_and_worker_log_progress_lines_while_work_flows(
         update={"progress_interval_s": 0.01, "batch_chunk_size": 50, "sink_url": "null://"}
     )
     configs = demo_configs(records=3000)[:1]
+    labels = {"tenant": "default", "connector": configs[0].name}
+    published_before = sample("aam_bridge_records_published_total", **labels)
+    processed_before = sample("dcl_worker_records_total", **labels, outcome="processed")
+
+    async def every_record_counted() -> bool:
+        published = sample("aam_bridge_records_published_total", **labels) - published_before
+        processed = sample("dcl_worker_records_total", **labels, outcome="processed")
+        return processed - processed_before == published
+
     with info_logs() as events:
         async with running_worker(settings):
             await run_bridge_once(settings, configs)
             await wait_until(lambda: drained(redis), what="the records to land")
-            await asyncio.sleep(0.05)
+            # The worker counts and logs a batch's progress after its ack: once it has counted
+            # every published record, its last progress line is out.
+            await wait_until(every_record_counted, what="the worker to count every record")
             idle_from = len(events)
-            await asyncio.sleep(0.3)  # idle: no progress lines
+            await asyncio.sleep(0.3)  # nothing to poll: an idle pipeline logs no progress
             idle = events[idle_from:]
     bridge = named(events, "sync_progress")
     assert bridge, "the bridge logged no progress during the run"

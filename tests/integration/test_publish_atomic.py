@@ -22,8 +22,10 @@ from aam_bridge.sync import SyncRunner
 from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.redis_conn import connect
+from tests.support import sample, wait_until
 
 RECORDS = 150
+ITEMS = {"tenant": "default", "connector": "items"}  # the labels of the connector's metrics
 LAST_POSSIBLE_ID = "18446744073709551615-18446744073709551615"
 
 
@@ -65,13 +67,12 @@ async def test_a_stream_that_refuses_xadd_leaves_the_checkpoint_and_loses_nothin
     settings = settings.model_copy(update={"batch_chunk_size": 20, "trim_policy": trim_policy})
     stream = keys.stream("default", "items")
     await redis.xadd(stream, {"payload": b"{}"}, id=LAST_POSSIBLE_ID)
-    errors = metrics.PUBLISH_ERRORS.labels("default", "items")
-    errors_before = errors._value.get()  # no public getter in prometheus_client
+    errors_before = sample("aam_bridge_publish_errors_total", **ITEMS)
     client = connect(settings)
     try:
         with pytest.raises(ResponseError, match="last possible ID"):
             await runner(settings, client).run_once()
-        assert errors._value.get() == errors_before + 1  # aam_bridge_publish_errors_total
+        assert sample("aam_bridge_publish_errors_total", **ITEMS) == errors_before + 1
         state = await sync_state(redis)
         assert state[b"next_chunk"] == b"1"  # nothing was recorded as published
         assert state[b"pos_cursor"] == b""
@@ -128,7 +129,7 @@ async def test_the_stream_length_gauge_is_the_length_after_the_last_publish(
     # 150 records in pages of 50, chunks of at most 20 within a page: 3 x (20 + 20 + 10),
     # then the completion marker of the full read.
     assert await redis.xlen(keys.stream("default", "items")) == 10
-    assert gauge._value.get() == 10  # no public getter in prometheus_client
+    assert sample("aam_bridge_stream_length", **ITEMS) == 10
 
 
 async def test_a_bridge_whose_publish_fails_logs_the_failure_and_retries(
@@ -140,21 +141,22 @@ async def test_a_bridge_whose_publish_fails_logs_the_failure_and_retries(
     settings = settings.model_copy(update={"batch_chunk_size": 20})
     stream = keys.stream("default", "items")
     await redis.xadd(stream, {"payload": b"{}"}, id=LAST_POSSIBLE_ID)
-    failed = metrics.SYNC_RUNS.labels("default", "items", "failed")
-    succeeded = metrics.SYNC_RUNS.labels("default", "items", "succeeded")
-    before = failed._value.get()  # no public getter in prometheus_client
-    succeeded_before = succeeded._value.get()
+
+    def runs(status: str) -> float:
+        return sample("aam_bridge_sync_runs_total", **ITEMS, status=status)
+
+    async def run_failed() -> bool:
+        return runs("failed") > before
+
+    before = runs("failed")
+    succeeded_before = runs("succeeded")
     client = connect(settings)
     connector = Items(ConnectorConfig("items", "items", "i", None, {}))
     bridge = Bridge(settings, client, [connector], asyncio.Event())
     task = asyncio.create_task(bridge.run())
     try:
-        for _ in range(200):
-            if failed._value.get() > before:
-                break
-            await asyncio.sleep(0.05)
-        assert failed._value.get() > before
-        assert succeeded._value.get() == succeeded_before  # no run succeeded yet
+        await wait_until(run_failed, 10, "the failed run to be counted")
+        assert runs("succeeded") == succeeded_before  # no run succeeded yet
         await redis.delete(stream)
         await asyncio.wait_for(task, 30)
     finally:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from aam_bridge.bridge import Bridge
 from aam_bridge.connectors.base import ConnectorConfig, TableSpec
@@ -20,16 +20,14 @@ from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.errors import ConnectorError
 from aam_dcl.redis_conn import connect
-from aam_dcl_cli.cli import main
 from aam_dcl_cli.syncs import sync_runs
-from tests.support import wait_until
+from tests.support import invoke_cli, wait_until
 
 RECORDS = 200  # rows of each demo table in a full read
 
 
 async def cli(redis_url: str, *args: str) -> Result:
-    env = {"REDIS_URL": redis_url, "TENANT_ID": "default"}
-    return await asyncio.to_thread(CliRunner().invoke, main, list(args), env=env)
+    return await invoke_cli(args, {"REDIS_URL": redis_url, "TENANT_ID": "default"})
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from aam_bridge import metrics
 from aam_bridge.chunks import Chunker, Encoder, Entry, Position
 from aam_bridge.connectors.base import ConnectorConfig, Page, TableSpec
 from aam_dcl.config import Settings
 from aam_dcl.messages import Record, decode, entry, payload_fingerprint
+from tests.support import sample
 
 CONFIG = ConnectorConfig("items", "items", "items-1", None, {})
 TABLE = TableSpec("items", ("id",))
@@ -96,13 +96,17 @@ def test_a_split_chunk_resumes_at_its_start_until_its_last_piece_is_out() -> Non
 
 def test_a_record_too_large_on_its_own_is_rejected_counted_and_the_rest_sent() -> None:
     settings = Settings(max_payload_bytes=1024)
-    rejected = metrics.RECORDS_REJECTED.labels("default", "items", "oversize")
-    before = rejected._value.get()  # no public getter in prometheus_client
+
+    def rejected() -> float:
+        labels = {"tenant": "default", "connector": "items", "reason": "oversize"}
+        return sample("aam_bridge_records_rejected_total", **labels)
+
+    before = rejected()
     texts = ["x" * 10] * 5 + ["x" * 2000] + ["x" * 10] * 4
     out = entries(settings, pages(texts, 10), Position(), 1, 10)
     ids = [r["id"] for e in out for r in content(e)[2]]
     assert ids == [0, 1, 2, 3, 4, 6, 7, 8, 9]
-    assert rejected._value.get() == before + 1
+    assert rejected() == before + 1
     assert out[-1].resume == Position(None, 10)  # the checkpoint moves past it
 
 
