@@ -11,37 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from aam_dcl import keys
 from tests.chaos.harness import ChaosRedis, Daemon, redis_client
+from tests.support import drained, wait_until
 
 CHUNKS = 900  # entries read after the AOF rewrite: more than the back-pressure limit (800)
 DEADLINE_S = 60.0
 STREAM = keys.stream("default", "salesforce")
 
 
-async def _poll(what: str, condition: Callable[[], Awaitable[bool]], deadline: float) -> None:
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def run_bridge(bridge: Daemon, what: str) -> None:
     bridge.start()
     rc = await asyncio.to_thread(bridge.wait, DEADLINE_S)
     assert rc == 0, f"{what}: aam-bridge exited with {rc}\n{bridge.tail()}"
-
-
-async def drained(client: aioredis.Redis) -> bool:
-    """Every entry delivered to the group and acknowledged (judged without ``lag``)."""
-    info = await client.xinfo_stream(STREAM)
-    group = (await client.xinfo_groups(STREAM))[0]
-    return bool(group["pending"] == 0 and group["last-delivered-id"] == info["last-generated-id"])
 
 
 async def rewritten(client: aioredis.Redis) -> bool:
@@ -54,6 +40,10 @@ async def test_bridge_publishes_after_redis_restart_when_entries_were_read_since
 ) -> None:
     """Drain 900 entries after an AOF rewrite, kill -9 Redis, restart it: run 3 must finish."""
     deadline = time.monotonic() + DEADLINE_S
+
+    def left_s() -> float:
+        return deadline - time.monotonic()
+
     redis = ChaosRedis(tmp_path / "redis")
     client = redis_client(redis.url)
     connectors = tmp_path / "connectors.yaml"
@@ -71,21 +61,26 @@ async def test_bridge_publishes_after_redis_restart_when_entries_were_read_since
         tmp_path / "worker.log",
     )
     bridge = Daemon("aam-bridge", "bridge", bridge_env, tmp_path / "bridge.log")
+
+    async def acked() -> bool:
+        """Every entry delivered to the group and acknowledged, judged without ``lag``."""
+        return await drained(client, connectors=["salesforce"], trust_lag=False)
+
     try:
         worker.start()
         await run_bridge(bridge, "run 1")  # 900 entries, read and acknowledged
-        await _poll("the worker to drain run 1", lambda: drained(client), deadline)
+        await wait_until(acked, left_s(), "the worker to drain run 1")
         # An AOF rewrite (Redis does one on its own as the file grows): the group and its
         # entries-read counter (900) are now in the AOF's base.
         await client.bgrewriteaof()
-        await _poll("the AOF rewrite", lambda: rewritten(client), deadline)
+        await wait_until(lambda: rewritten(client), left_s(), "the AOF rewrite")
         await run_bridge(bridge, "run 2")  # 900 more entries (every row changes)
-        await _poll("the worker to drain run 2", lambda: drained(client), deadline)
+        await wait_until(acked, left_s(), "the worker to drain run 2")
         assert (await client.xinfo_groups(STREAM))[0]["lag"] == 0
 
         redis.kill9()
         redis.restart()
-        await _poll("the worker to drain after the restart", lambda: drained(client), deadline)
+        await wait_until(acked, left_s(), "the worker to drain after the restart")
         lag = (await client.xinfo_groups(STREAM))[0]["lag"]
 
         bridge.start()  # run 3: nothing is unread, so nothing should hold it back

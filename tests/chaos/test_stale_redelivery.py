@@ -17,6 +17,7 @@ from aam_bridge.connectors.base import ConnectorConfig
 from aam_dcl import keys
 from tests.chaos import verify
 from tests.chaos.harness import ChaosRedis, Daemon, redis_client
+from tests.support import wait_until
 
 DEADLINE_S = 60.0
 RECORDS = 50  # per table; 3 tables, so one entry per table and run with chunks of 200
@@ -58,9 +59,7 @@ async def test_entries_of_a_dead_worker_handled_after_a_newer_run_do_not_roll_ro
         )
 
     async def poll(what: str, pending: int) -> None:
-        while not await settled(pending):
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: settled(pending), deadline - time.monotonic(), what)
 
     try:
         bridge.start()  # run 1

@@ -272,7 +272,7 @@ async def run_demo_through_outage(
         async with worker_task(settings):
             bridge = asyncio.create_task(serve_bridge(settings, asyncio.Event(), configs))
             if start_late:
-                await asyncio.sleep(2.0)  # both daemons start against a refused port
+                await asyncio.sleep(2.0)  # the outage before Redis starts: a refused port
                 assert not bridge.done(), bridge
                 outage_s += 2.0
                 await own_redis.start()
