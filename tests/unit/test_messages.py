@@ -148,3 +148,15 @@ def test_a_decimal_is_encoded_as_its_own_digits() -> None:
     records[0]["amount"] = Decimal("NaN")
     with pytest.raises(orjson.JSONEncodeError, match="Decimal"):  # NaN has no JSON form
         encode(batch)
+
+
+def test_a_producers_long_emitted_at_does_not_take_the_exact_parse() -> None:
+    """time.time() has 16-17 digits: only other numbers that long need the exact parse."""
+    from aam_dcl.messages import loads
+
+    assert type(loads(b'{"a":2.5,"emitted_at":1796173003.2934568}')["a"]) is float
+    assert type(loads(b'{"emitted_at":1796173003.2934568,"a":2.5}')["a"]) is float
+    exact = loads(b'{"a":1129863635.240000000001,"emitted_at":1796173003.2934568}')
+    assert exact["a"] == Decimal("1129863635.240000000001")
+    after = loads(b'{"emitted_at":1.5,"a":12345678901234567.5}')
+    assert after["a"] == Decimal("12345678901234567.5")
