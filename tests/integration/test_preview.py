@@ -6,24 +6,22 @@ whose refused credentials make one clear line and never show the secret.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from aam_dcl_cli.cli import main
 from tests.fakes.salesforce import CLIENT_ID, FakeSalesforce, add_crm_objects, seed
+from tests.support import invoke_cli
 
 SECRET = "CANARY-preview-secret"
 
 
 async def cli(args: list[str], env: dict[str, str]) -> Result:
     # No Redis is needed: REDIS_URL points nowhere, so a preview that touched Redis would fail.
-    env = {"REDIS_URL": "redis://127.0.0.1:1/0", **env}
-    return await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
+    return await invoke_cli(args, {"REDIS_URL": "redis://127.0.0.1:1/0", **env})
 
 
 @pytest.fixture
