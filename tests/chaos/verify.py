@@ -16,6 +16,7 @@ import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ _KINDS = {
     "integer": "integer",
     "double precision": "numeric",
     "double": "numeric",
+    "numeric": "numeric",  # PostgreSQL's exact numeric
+    "decimal(38,9)": "numeric",  # DuckDB's exact numeric (docs/sinks.md)
     "boolean": "boolean",
     "timestamp with time zone": "datetime",
     "date": "date",
@@ -271,14 +274,14 @@ def normalise(value: Any, kind: str) -> str:
             parsed = orjson.loads(value) if isinstance(value, str) else value
             return orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS).decode()
         if kind in ("numeric", "integer"):
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
                 raise TypeError(value)
-            number = float(value)
-            if kind == "integer":
-                if not number.is_integer():
-                    raise TypeError(value)
-                return str(int(number))
-            return repr(round(number, 6))
+            # Exact: the connector's float stands for its shortest repr (what the JSON said),
+            # the store's Decimal for itself; 284636.78 and Decimal("284636.780000000") agree.
+            number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+            if kind == "integer" and number != number.to_integral_value():
+                raise TypeError(value)
+            return format(number.normalize(), "f") if number else "0"
         if kind == "boolean":
             if not isinstance(value, bool):
                 raise TypeError(value)
