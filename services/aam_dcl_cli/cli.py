@@ -244,6 +244,6 @@ def acl(
 
 
 # The other commands register themselves on ``main`` when imported.
-from aam_dcl_cli import cli_data, cli_dlq  # noqa: E402
+from aam_dcl_cli import cli_data, cli_dlq, cli_k8s  # noqa: E402
 
-__all__ = ["cli_data", "cli_dlq", "main"]
+__all__ = ["cli_data", "cli_dlq", "cli_k8s", "main"]

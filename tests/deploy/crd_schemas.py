@@ -1,10 +1,10 @@
 """JSON schemas for the custom resources kubernetes-validate does not know.
 
 Written from the CRD references (prometheus-operator ServiceMonitor
-monitoring.coreos.com/v1; KEDA ScaledObject and TriggerAuthentication
-keda.sh/v1alpha1 and its redis-streams scaler). They cover the fields these
-manifests use and reject unknown ones, so a typo fails the test instead of
-being dropped by the API server.
+monitoring.coreos.com/v1; KEDA 2.12+ ScaledObject and TriggerAuthentication
+keda.sh/v1alpha1 and its redis-streams and redis-cluster-streams scalers). They
+cover the fields these manifests use and reject unknown ones, so a typo fails the
+test instead of being dropped by the API server.
 """
 
 from __future__ import annotations
@@ -89,23 +89,55 @@ SERVICE_MONITOR = _resource(
     },
 )
 
-# redis-streams trigger metadata: every value is a string (KEDA parses them).
+# Trigger metadata of KEDA 2.12+'s redis-streams and redis-cluster-streams scalers: every value
+# is a string (KEDA parses them). With lagCount the scaler reads the group's lag and needs
+# activationLagCount; without it, the group's pending entries (pendingEntriesCount).
+_SCALE_ON = {
+    "oneOf": [
+        {"required": ["lagCount", "activationLagCount"]},
+        {"required": ["pendingEntriesCount"], "not": {"required": ["lagCount"]}},
+    ]
+}
+_HOST_PORT = r"([^/:\[\]\s,]+|\[[0-9A-Fa-f:.]+\]):[0-9]+"
+_STREAM_PROPERTIES = {
+    "stream": _STRING,
+    "consumerGroup": _STRING,
+    "lagCount": _INT_STRING,
+    "activationLagCount": _INT_STRING,
+    "pendingEntriesCount": _INT_STRING,
+    "databaseIndex": _INT_STRING,
+    "enableTLS": _BOOL_STRING,
+    "unsafeSsl": _BOOL_STRING,
+}
+_ENV_NAME = {"type": "string", "pattern": "^[A-Z_][A-Z0-9_]*$"}
 _REDIS_STREAMS_METADATA = {
     "type": "object",
-    "required": ["stream", "consumerGroup", "lagCount", "activationLagCount"],
-    "oneOf": [{"required": ["address"]}, {"required": ["addressFromEnv"]}],
+    "required": ["stream", "consumerGroup"],
+    "allOf": [{"oneOf": [{"required": ["address"]}, {"required": ["addressFromEnv"]}]}, _SCALE_ON],
     "properties": {
-        "address": {"type": "string", "pattern": "^[^/:]+:[0-9]+$"},
-        "addressFromEnv": {"type": "string", "pattern": "^[A-Z_][A-Z0-9_]*$"},
-        "stream": _STRING,
-        "consumerGroup": _STRING,
-        "lagCount": _INT_STRING,
-        "activationLagCount": _INT_STRING,
-        "databaseIndex": _INT_STRING,
-        "enableTLS": _BOOL_STRING,
-        "unsafeSsl": _BOOL_STRING,
+        "address": {"type": "string", "pattern": f"^{_HOST_PORT}$"},
+        "addressFromEnv": _ENV_NAME,
+        **_STREAM_PROPERTIES,
     },
     "additionalProperties": False,
+}
+_REDIS_CLUSTER_STREAMS_METADATA = {
+    "type": "object",
+    "required": ["stream", "consumerGroup"],
+    "allOf": [
+        {"oneOf": [{"required": ["addresses"]}, {"required": ["addressesFromEnv"]}]},
+        _SCALE_ON,
+    ],
+    "properties": {
+        "addresses": {"type": "string", "pattern": f"^{_HOST_PORT}(, ?{_HOST_PORT})*$"},
+        "addressesFromEnv": _ENV_NAME,
+        **_STREAM_PROPERTIES,
+    },
+    "additionalProperties": False,
+}
+_METADATA_BY_TYPE = {
+    "redis-streams": _REDIS_STREAMS_METADATA,
+    "redis-cluster-streams": _REDIS_CLUSTER_STREAMS_METADATA,
 }
 
 SCALED_OBJECT = _resource(
@@ -149,10 +181,17 @@ SCALED_OBJECT = _resource(
                 "items": {
                     "type": "object",
                     "required": ["type", "metadata"],
+                    "allOf": [
+                        {
+                            "if": {"properties": {"type": {"const": kind}}},
+                            "then": {"properties": {"metadata": metadata}},
+                        }
+                        for kind, metadata in _METADATA_BY_TYPE.items()
+                    ],
                     "properties": {
-                        "type": {"const": "redis-streams"},
+                        "type": {"enum": list(_METADATA_BY_TYPE)},
                         "name": _STRING,
-                        "metadata": _REDIS_STREAMS_METADATA,
+                        "metadata": {"type": "object"},
                         "authenticationRef": {
                             "type": "object",
                             "required": ["name"],
