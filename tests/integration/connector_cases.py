@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
+import sys
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Protocol
 
 import asyncpg
@@ -24,11 +28,13 @@ from aam_bridge.connectors.dynamics import DynamicsConnector
 from aam_bridge.connectors.hubspot import HubSpotConnector
 from aam_bridge.connectors.postgres import PostgresConnector
 from aam_bridge.connectors.salesforce import SalesforceConnector
+from aam_bridge.connectors.singer import SingerConnector
 from aam_dcl.messages import Record
 from tests.conftest import PG_ADMIN_DSN
 from tests.fakes import dataverse as dv_fake
 from tests.fakes import hubspot as hs_fake
 from tests.fakes import salesforce as sf_fake
+from tests.fakes import tiny_tap
 
 Rows = dict[tuple[Any, ...], Record]  # primary key values -> the row
 
@@ -429,6 +435,71 @@ class _ServingDynamics(_ServesFirst, DynamicsConnector):
         self.fake = fake
 
 
+class SingerSource:
+    """The singer connector running tests/fakes/tiny_tap.py over a data file of its own:
+    streams contacts and deals, three rows to each seq (ties across STATEs and pages), a
+    STATE every 7 records, pages of ``page_size``."""
+
+    def __init__(self, contacts: int, deals: int, page_size: int) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="aam-singer-case-"))
+        self.path = self.dir / "data.json"
+        self.rows = {
+            table: [tiny_tap.row(table, n, n // 3 + 1) for n in range(count)]
+            for table, count in (("contacts", contacts), ("deals", deals))
+        }
+        tiny_tap.write_data(self.path, self.rows)
+        self.connector = SingerConnector(
+            ConnectorConfig(
+                name="legacy",
+                type="singer",
+                connector_config_id="legacy-contract",
+                schedule_s=None,
+                options={
+                    "command": [sys.executable, tiny_tap.__file__],
+                    "config": {"data": str(self.path), "state_every": 7},
+                    "page_size": page_size,
+                },
+            )
+        )
+
+    async def truth(self, table: str) -> Rows:
+        return {(r["id"],): _tiny_published(r) for r in self.rows[table]}
+
+    async def change(self) -> None:
+        """Updates every fifth row of each stream (two to a new seq), adds four."""
+        for table, rows in self.rows.items():
+            top = max(r["seq"] for r in rows)
+            for i, n in enumerate(range(0, len(rows), 5)):
+                rows[n] = tiny_tap.row(table, rows[n]["id"], top + 1 + i // 2)
+            rows += [tiny_tap.row(table, len(rows) + n, top + 1_000) for n in range(4)]
+        tiny_tap.write_data(self.path, self.rows)
+
+    async def close(self) -> None:
+        await self.connector.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _Day(dt.date):
+    """A date that also equals its ISO text: what a date is after JSON."""
+
+    def __eq__(self, other: object) -> bool:
+        return super().__eq__(dt.date.fromisoformat(other) if isinstance(other, str) else other)
+
+    __hash__ = dt.date.__hash__
+
+
+def _tiny_published(row: Record) -> Record:
+    """A tiny tap row as the connector yields it (and as JSON gives it back)."""
+    at = dt.datetime.fromisoformat(row["updated_at"])
+    day = dt.date.fromisoformat(row["day"])
+    return {
+        **row,
+        "updated_at": _Instant.combine(at.date(), at.timetz()),
+        "day": _Day(day.year, day.month, day.day),
+        "amount": _Exact(row["amount"]),
+    }
+
+
 CASES = [
     ConnectorCase("demo-salesforce", lambda: DemoSource("salesforce", 230, 50)),
     ConnectorCase("demo-hubspot", lambda: DemoSource("hubspot", 230, 64)),
@@ -439,4 +510,5 @@ CASES = [
     ConnectorCase("postgres", lambda: PostgresSource(orders=230, page_size=40)),
     ConnectorCase("hubspot", lambda: HubSpotSource(deals=130, companies=45, page_size=40)),
     ConnectorCase("dynamics", lambda: DynamicsSource(accounts=101, opportunities=70, page_size=30)),
+    ConnectorCase("singer", lambda: SingerSource(contacts=130, deals=45, page_size=20)),
 ]

@@ -11,6 +11,7 @@ from aam_bridge.connectors.dynamics import DynamicsConnector
 from aam_bridge.connectors.hubspot import HubSpotConnector
 from aam_bridge.connectors.postgres import PostgresConnector
 from aam_bridge.connectors.salesforce import SalesforceConnector
+from aam_bridge.connectors.singer import SingerConnector
 from aam_dcl.errors import ConfigError
 
 CONNECTORS: dict[str, type[Connector]] = {
@@ -19,6 +20,7 @@ CONNECTORS: dict[str, type[Connector]] = {
     HubSpotConnector.type_name: HubSpotConnector,
     PostgresConnector.type_name: PostgresConnector,
     SalesforceConnector.type_name: SalesforceConnector,
+    SingerConnector.type_name: SingerConnector,
 }
 
 
