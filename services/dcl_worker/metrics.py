@@ -79,14 +79,22 @@ IGNORED_STREAMS = Gauge(
     "Keys under aam:dcl:{tenant}:* that are not connector streams (logged once each).",
     ["tenant"],
 )
+SCHEMA_CHANGES = Counter(
+    "dcl_worker_schema_changes",
+    "Changes to the store's tables (created, column added, type widened, key differs), by kind.",
+    ["tenant", "kind"],
+)
 BUILD_INFO = Gauge("dcl_worker_build_info", "Build information.", ["version"])
 BUILD_INFO.labels(__version__).set(1)
 
 OUTCOMES = ("processed", "duplicate", "dead_lettered", "failed")
+# What the sinks' schema history records (docs/sinks.md, The registry and the history).
+SCHEMA_CHANGE_KINDS = ("table_created", "column_added", "type_widened", "key_differs")
 # Every reason a batch can be dead-lettered for (docs/operations.md explains each).
 DEAD_LETTER_REASONS = (
     "malformed_json", "wrong_shape", "oversize", "connector_mismatch", "future_batch_id",
     "sink_rejected", "max_deliveries", "too_many_columns", "name_collision", "batch_id_conflict",
+    "bad_deleted_key",
 )  # fmt: skip
 
 
@@ -110,3 +118,5 @@ def init_stream(tenant: str, connector: str) -> None:
 def init_tenant(tenant: str) -> None:
     for gauge in (PAUSED, STREAMS, IGNORED_STREAMS, PROCESSED_SET_SIZE):
         gauge.labels(tenant)
+    for kind in SCHEMA_CHANGE_KINDS:
+        SCHEMA_CHANGES.labels(tenant, kind)

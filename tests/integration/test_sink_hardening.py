@@ -115,13 +115,15 @@ async def place(
 
 
 def wide(batch_id: str, columns: int, *, declared: bool = True, pk: bool = False) -> Batch:
-    """One record in a table of ``columns`` integer columns (declared in the schema, or only
-    carried by the record: the planner adds those too)."""
+    """One record in a table of ``columns`` string columns (declared in the schema, or only
+    carried by the record: the planner adds those too). Strings: 1000 bigints fill more than
+    PostgreSQL's 8160-byte row once any column is NULL (a null bitmap), and every live row's
+    _dcl_deleted_at is."""
     names = [f"c{i}" for i in range(columns)]
-    schema = TableSchema([Column(n, "integer") for n in names] if declared else [], [])
+    schema = TableSchema([Column(n, "string") for n in names] if declared else [], [])
     if pk:
         schema.primary_key = ["c0"]
-    record = {n: i for i, n in enumerate(names)}
+    record = {n: str(i) for i, n in enumerate(names)}
     return Batch(batch_id, "crm", "crm-001", [TableBatch("wide", schema, [], 1, [record])])
 
 
@@ -233,9 +235,9 @@ class WideCase:
         if self.twin:
             names.append(names[0].swapcase())
         names = list(dict.fromkeys(names))  # swapcase of a caseless name is the name itself
-        types = [Column(n, "integer") for n in names] if self.declared else []
+        types = [Column(n, "string") for n in names] if self.declared else []
         schema = TableSchema(types, names[:1] if self.keyed else [])
-        record = {n: i for i, n in enumerate(names)}
+        record = {n: str(i) for i, n in enumerate(names)}  # strings: see wide()
         return Batch(batch_id, "fz", "fz-001", [TableBatch(self.table, schema, [], 1, [record])])
 
 

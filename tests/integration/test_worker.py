@@ -17,7 +17,7 @@ from aam_dcl.messages import Batch, encode
 from aam_dcl.redis_conn import connect
 from aam_dcl.schema import table_batch
 from dcl_worker import metrics
-from dcl_worker.sinks.base import Sink
+from dcl_worker.sinks.base import SchemaReport, Sink, TableReport
 from dcl_worker.sinks.registry import create_sink
 from dcl_worker.worker import Worker
 from tests.integration.conftest import drained, running_worker, wait_until
@@ -181,6 +181,15 @@ class SlowSink(Sink):
 
     async def count_rows(self) -> dict[str, int]:
         return await self.inner.count_rows()
+
+    async def tables_report(self) -> list[TableReport]:
+        return await self.inner.tables_report()
+
+    async def schema_report(self, table: str) -> SchemaReport | None:
+        return await self.inner.schema_report(table)
+
+    async def check(self) -> None:
+        await self.inner.check()
 
     async def write(self, batches: Sequence[Batch]) -> set[str]:
         self.writes += 1

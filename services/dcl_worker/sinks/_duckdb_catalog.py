@@ -5,11 +5,14 @@ or VARCHAR if one of its values has more digits than that holds."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import duckdb
 
 from dcl_worker.sinks._decimals import DECIMAL_SCALE, DUCKDB_DECIMAL
 from dcl_worker.sinks._sql import (
     BATCH_ID_COLUMN,
+    DELETED_AT_COLUMN,
     FOLD_SQL,
     INGESTED_AT_COLUMN,
     RESERVED_PREFIX,
@@ -77,7 +80,7 @@ def table_of_other_case(con: duckdb.DuckDBPyConnection, table: str) -> str | Non
 
 
 def first_column(
-    con: duckdb.DuckDBPyConnection, sql: str, params: list[str] | None = None
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
 ) -> list[str]:
     return [str(row[0]) for row in con.execute(sql, params or []).fetchall()]
 
@@ -101,8 +104,11 @@ def read_table(con: duckdb.DuckDBPyConnection, table: str) -> TableInfo | None:
         [table],
     ).fetchone()
     versioned = any(name == VERSION_COLUMN for name, _ in rows)
+    deletable = any(name == DELETED_AT_COLUMN for name, _ in rows)
     inexact = [c for c, sql_type in rows if sql_type == FLOAT_TYPE and c in columns]
-    return TableInfo(columns, list(pk[0]) if pk else [], versioned, inexact=inexact)
+    return TableInfo(
+        columns, list(pk[0]) if pk else [], versioned, deletable=deletable, inexact=inexact
+    )
 
 
 def alter_table(con: duckdb.DuckDBPyConnection, table: str, change: TableChange) -> None:
@@ -120,6 +126,8 @@ def alter_table(con: duckdb.DuckDBPyConnection, table: str, change: TableChange)
         # No IF NOT EXISTS: DuckDB refuses it with NOT NULL. The catalog was read in this
         # transaction, and only this process can open the file.
         con.execute(f"ALTER TABLE {name} ADD COLUMN {VERSION_COLUMN} BIGINT NOT NULL DEFAULT 0")
+    if change.add_deleted_at:  # a table from before deletes: its rows are live
+        con.execute(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {DELETED_AT_COLUMN} TIMESTAMPTZ")
     for column, logical in change.add.items():
         con.execute(
             f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {quote_ident(column)} {TYPES[logical]}"
@@ -159,6 +167,7 @@ def create_table(con: duckdb.DuckDBPyConnection, table: str, info: TableInfo) ->
         f"{BATCH_ID_COLUMN} VARCHAR",
         f"{VERSION_COLUMN} BIGINT NOT NULL DEFAULT 0",
         f"{INGESTED_AT_COLUMN} TIMESTAMPTZ",
+        f"{DELETED_AT_COLUMN} TIMESTAMPTZ",
     ]
     if info.primary_key:
         defs.append(f"PRIMARY KEY ({', '.join(quote_ident(c) for c in info.primary_key)})")
@@ -172,6 +181,8 @@ def copy_into_rebuild(con: duckdb.DuckDBPyConnection, table: str, info: TableInf
     meta = [BATCH_ID_COLUMN, INGESTED_AT_COLUMN]
     if stored and stored.versioned:  # otherwise the rebuilt rows take the default, 0
         meta.append(VERSION_COLUMN)
+    if stored and stored.deletable:  # otherwise the rebuilt rows are live
+        meta.append(DELETED_AT_COLUMN)
     columns = [c for c in info.columns if c in old] + meta
     names = ", ".join(quote_ident(c) for c in columns)
     casts = ", ".join(

@@ -23,6 +23,7 @@ import orjson
 from aam_dcl.errors import SinkDataError
 from aam_dcl.messages import Record
 from dcl_worker.sinks._decimals import exact_json
+from dcl_worker.sinks._merge import first_line
 from dcl_worker.sinks._sql import (
     BATCH_ID_COLUMN,
     VERSION_COLUMN,
@@ -30,7 +31,6 @@ from dcl_worker.sinks._sql import (
     quote_ident,
     quote_literal,
 )
-from dcl_worker.sinks._template import first_line
 
 SEQ, POS, ROWS, ROW = "_dcl_seq", "_dcl_pos", "_dcl_rows", "_dcl_row"
 _MIN_OBJECT_BYTES = 16 * 1024 * 1024  # read_json's default maximum_object_size

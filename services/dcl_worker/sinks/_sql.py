@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 
 from aam_dcl import keys
 from aam_dcl.errors import PoisonBatch, SinkDataError
-from aam_dcl.messages import Batch, Record, fingerprints_conflict
+from aam_dcl.messages import Batch, FullRefresh, Record, fingerprints_conflict
 from aam_dcl.schema import infer_column_type, merge_types
 
 INBOX_TABLE = "_dcl_inbox"
 BATCH_ID_COLUMN = "_dcl_batch_id"
 INGESTED_AT_COLUMN = "_dcl_ingested_at"
 VERSION_COLUMN = "_dcl_version"  # the producer's order of the batch that last wrote the row
+DELETED_AT_COLUMN = "_dcl_deleted_at"  # when the row was deleted at the source; NULL: live
 RESERVED_PREFIX = "_dcl_"  # the sink's own columns; payload columns may not use it
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL truncates longer names silently: reject instead
 DEFAULT_MAX_COLUMNS = 1000  # DCL_MAX_COLUMNS' default (aam_dcl.config)
@@ -129,6 +130,41 @@ class TablePart:
     version: int  # batch_version(batch_id)
 
 
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """A full-refresh marker for one table: its run's chunks are ``{connector}_{run}_{n}``
+    for n in ``first_chunk .. first_chunk + chunks - 1``."""
+
+    batch_id: str  # the marker's own batch
+    connector: str
+    run_start_ms: int
+    first_chunk: int
+    chunks: int
+
+    @classmethod
+    def of(cls, batch: Batch, marker: FullRefresh) -> Refresh:
+        return cls(
+            batch.batch_id,
+            batch.connector,
+            marker.run_start_ms,
+            marker.first_chunk,
+            marker.chunks,
+        )
+
+    @property
+    def version(self) -> int:
+        """The run's first version of this table: the rows it did not write are older."""
+        return batch_version(keys.batch_id(self.connector, self.run_start_ms, self.first_chunk))
+
+    def covers(self, batch_id: str) -> bool:
+        """Whether ``batch_id`` is one of the run's chunks of this table."""
+        parsed = keys.parse_batch_id(batch_id)
+        return parsed is not None and (
+            parsed[:2] == (self.connector, self.run_start_ms)
+            and self.first_chunk <= parsed[2] < self.first_chunk + self.chunks
+        )
+
+
 @dataclass(slots=True)
 class TableWrite:
     """Everything one write() does to one data table."""
@@ -136,7 +172,14 @@ class TableWrite:
     table: str  # the store's table name, {connector}__{table}
     columns: dict[str, str]  # column -> incoming logical type, first-seen order
     primary_key: list[str]
+    connector: str = ""
+    source: str = ""  # the connector's name of the table
     parts: list[TablePart] = field(default_factory=list)  # non-empty parts, stream order
+    deletes: list[TablePart] = field(default_factory=list)  # deleted keys, stream order
+    refreshes: list[Refresh] = field(default_factory=list)  # full-refresh markers
+    # False when every part is a marker (no columns, records or deletes): no DDL for it.
+    shaped: bool = False
+    tombstoned: bool = False  # the store holds tombstones of this table (set by the sink)
     batch_ids: list[str] = field(default_factory=list)  # every contributing batch
     origin: dict[str, str] = field(default_factory=dict)  # column -> first batch that brought it
     type_origin: dict[str, str] = field(default_factory=dict)  # column -> batch that set its type
@@ -174,6 +217,7 @@ class TableInfo:
     # False: INGESTED_AT_COLUMN has no server default (a PostgreSQL table from before it got
     # ``DEFAULT now()``); set on first use, so COPY need not send the time with every row.
     ingested_default: bool = True
+    deletable: bool = True  # False: from before DELETED_AT_COLUMN; added on first use
     # numeric columns stored as floating point (from before numeric was exact): widened to
     # the exact type on first use.
     inexact: list[str] = field(default_factory=list)
@@ -189,6 +233,7 @@ class TableChange:
     info: TableInfo  # the table after the change
     add_version: bool = False  # add VERSION_COLUMN (bigint, default 0) to an older table
     set_ingested_default: bool = False  # give an older table's INGESTED_AT_COLUMN its default
+    add_deleted_at: bool = False  # add DELETED_AT_COLUMN (nullable) to an older table
     from_float: list[str] = field(default_factory=list)  # widened from floating point
     before: dict[str, str] = field(default_factory=dict)  # widened column -> its stored type
 
@@ -198,6 +243,7 @@ class TableChange:
             self.create
             or self.add_version
             or self.set_ingested_default
+            or self.add_deleted_at
             or bool(self.add)
             or bool(self.widen)
         )
@@ -221,7 +267,7 @@ def plan_writes(
             if tw is None:
                 check_table_name(name, batch.batch_id)
                 _check_fold(tables, name, batch.batch_id, "table")
-                tw = writes[name] = TableWrite(name, {}, [])
+                tw = writes[name] = TableWrite(name, {}, [], batch.connector, tb.name)
             tw.batch_ids.append(batch.batch_id)
             if len(tb.schema.columns) > max_columns:  # before looking at 10 000 names one by one
                 raise too_many_columns(tw, batch.batch_id, len(tb.schema.columns), max_columns)
@@ -229,6 +275,11 @@ def plan_writes(
                 _add_column(tw, col.name, col.type, batch.batch_id)
             if tb.schema.primary_key and not tw.primary_key:
                 tw.primary_key = list(tb.schema.primary_key)
+            tw.shaped = tw.shaped or bool(tb.schema.columns or tb.records or tb.deleted)
+            if tb.deleted:
+                _add_deletes(tw, tb.deleted, tb.schema.primary_key, batch.batch_id)
+            if tb.full_refresh is not None:
+                tw.refreshes.append(Refresh.of(batch, tb.full_refresh))
             if tb.records:
                 _add_undeclared_columns(tw, tb.records, batch.batch_id, max_columns)
                 tw.parts.append(
@@ -243,6 +294,43 @@ def plan_writes(
                         "is not among the schema's columns"
                     )
     return [writes[name] for name in sorted(writes)]
+
+
+def _add_deletes(
+    tw: TableWrite, deleted: list[Record], primary_key: Sequence[str], batch_id: str
+) -> None:
+    """A batch's deleted keys; key columns its schema does not declare (a part of deletes
+    only) are typed from the keys' values."""
+    if primary_key:
+        check_deleted_keys(tw, deleted, primary_key, batch_id)
+    for key in primary_key:
+        if key not in tw.columns:
+            _add_column(tw, key, infer_column_type([d[key] for d in deleted]), batch_id)
+    tw.deletes.append(TablePart(batch_id, deleted, batch_version(batch_id)))
+
+
+def check_deleted_keys(
+    tw: TableWrite, deleted: list[Record], primary_key: Sequence[str], batch_id: str
+) -> None:
+    """Every deleted key names a value for each primary-key column, else PoisonBatch (a table
+    without a primary key cannot match deleted rows at all)."""
+    if not primary_key:
+        raise PoisonBatch(
+            batch_id,
+            "bad_deleted_key",
+            f"batch {batch_id}: table {tw.table} has no primary key: its deleted rows "
+            f"({len(deleted)} keys) cannot be matched; declare the table's primary key",
+        )
+    for key in deleted:
+        missing = [c for c in primary_key if key.get(c) is None]
+        if missing:
+            raise PoisonBatch(
+                batch_id,
+                "bad_deleted_key",
+                f"batch {batch_id}: table {tw.table}: deleted key {repr(key)[:200]} has no "
+                f"value for primary-key column(s) {', '.join(map(repr, missing))}; the "
+                f"table's key is ({', '.join(primary_key) or 'none'})",
+            )
 
 
 def _add_column(tw: TableWrite, name: str, logical: str, batch_id: str) -> None:
@@ -317,6 +405,7 @@ def plan_change(
         info,
         add_version=not existing.versioned,
         set_ingested_default=not existing.ingested_default,
+        add_deleted_at=not existing.deletable,
         from_float=list(existing.inexact),
         before={c: existing.columns[c] for c in widen},
     )

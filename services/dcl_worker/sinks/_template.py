@@ -1,101 +1,102 @@
-"""The write sequence of the SQL stores, written once (``SqlSink``), and the merge SQL it runs.
+"""The write sequence of the SQL stores, written once (``SqlSink``).
 
 PostgreSQL and DuckDB implement the hooks: their connection and transaction, the inbox
-insert, catalog reads, DDL, how rows are staged, one probe, and the one mapping of their
-driver's exceptions. One write() is one transaction:
+insert, catalog reads, DDL, how rows are staged, one probe, their locks, and the one mapping
+of their driver's exceptions. One write() is one transaction:
 
 1. ``_claim_batches`` records the inbox rows of the batches not applied yet and returns the
    stored fingerprints of those that were (a reused id with other content is PoisonBatch);
 2. ``plan_writes`` groups the fresh batches' tables (``_sql``: every poison check);
-3. per table, a change that the cached schema does not cover is decided again on the store's
-   catalog, under the dialect's DDL lock, and applied;
+3. per table, under its refresh lock: what the store knows of it (the last full refresh,
+   pending markers, tombstones: ``_deletes``); a change that the cached schema does not
+   cover is decided again on the store's catalog, under the DDL lock, applied, and recorded
+   in the registry and the history (``_registry``) — never for a write of markers only;
 4. the rows go in straight (``_load_direct``) or are staged (``_stage``) and merged by one
-   ``INSERT ... SELECT`` (``merge_sql``): appended, or upserted so that an older version
-   never replaces a newer row;
-5. after the commit, the tables' schemas are cached.
+   ``INSERT ... SELECT`` (``_merge.merge_sql``): appended, or upserted so that an older
+   version never replaces a newer row; then the deleted keys (soft or hard), then the
+   markers: a run whose chunks are all in the inbox deletes the rows it did not write;
+5. after the commit, the tables' schemas are cached, the schema changes logged and counted.
 
-open() settles the tenant's schema once for both (``_settle_schema``): the rule's or
-``?schema=``, an older store's default schema its tenant adopted, the owner record (the
-decisions are ``_tenancy``'s).
+open() settles the tenant's schema once for both (``_settle_schema``, ``_claim``) and creates
+the sink's own tables. The read-only reports are ``_reports``'.
 
-Driver exceptions leave through ``_boundary`` as SinkUnavailable (retry) or SinkDataError,
-``raise ... from exc``; a merge that the store rejects is probed one cast column at a time,
-to name the culprit. Cancellation passes untouched.
+Driver exceptions leave through ``_boundary`` as our errors (``raise ... from exc``); a
+merge that the store rejects is probed one cast column at a time, to name the culprit.
+Cancellation passes untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from aam_dcl.errors import SinkDataError, SinkError
+from aam_dcl.errors import AamDclError, SinkDataError
 from aam_dcl.messages import Batch
+from dcl_worker.sinks._claim import choose_schema, claim_schema
+from dcl_worker.sinks._deletes import (
+    HARD,
+    SOFT,
+    TableState,
+    applied_chunks_sql,
+    deleted_write,
+    deletes_ddl,
+    drop_stale,
+    forget_pending_sql,
+    hard_delete_sql,
+    key_exprs,
+    parse_state,
+    pending_sql,
+    reconcile_sql,
+    refreshed_sql,
+    relevant,
+    soft_delete_sql,
+    state_sql,
+    tombstone_filter,
+    tombstone_sql,
+)
+from dcl_worker.sinks._merge import Staged, first_line, merge_sql, order_by
+from dcl_worker.sinks._registry import (
+    HISTORY_TABLE,
+    SchemaChange,
+    announce,
+    change_sql,
+    history_sql,
+    key_difference,
+    key_noted_sql,
+    registry_ddl,
+    schema_changes,
+    touch_sql,
+)
+from dcl_worker.sinks._reports import (
+    column_reports,
+    counts_sql,
+    history_reports,
+    registry_sql,
+    store_types_sql,
+    table_report,
+)
+from dcl_worker.sinks._reports import history_sql as report_history_sql
 from dcl_worker.sinks._sql import (
-    BATCH_ID_COLUMN,
-    DEFAULT_MAX_COLUMNS,
-    INBOX_TABLE,
-    INGESTED_AT_COLUMN,
-    VERSION_COLUMN,
+    Refresh,
     TableChange,
     TableInfo,
     TableWrite,
+    check_deleted_keys,
     check_fingerprints,
+    plan_change,
     plan_table,
     plan_writes,
     qualified,
-    quote_ident,
-    quote_literal,
     table_collision,
     unique_batches,
 )
-from dcl_worker.sinks._tenancy import OWNER_TABLE, adopt_legacy, check_owner, tenant_schema
-from dcl_worker.sinks.base import Sink
+from dcl_worker.sinks._tenancy import tenant_schema
+from dcl_worker.sinks.base import SchemaReport, Sink, TableReport
 
 C = TypeVar("C")  # the dialect's handle of one connection, held for one call
-_TARGET = "_dcl_target"  # the INSERT's alias for the data table, for the upsert's WHERE
-
-
-@dataclass(slots=True)
-class Staged:
-    """A table's rows where the merge reads them: a temp table, or a spool file read as JSON."""
-
-    source: str  # the FROM item, aliased ``s``
-    exprs: dict[str, str]  # column -> its value in ``s``, cast to the table's type where needed
-    tiebreak: list[str]  # columns of ``s`` that keep stream order among one version's rows
-    casts: dict[str, str]  # column -> store type, where a cast may reject values (the probe's)
-    location: str  # the temp table or the file, for the dialect's probe
-    new_keys_first: bool = False  # try a plain insert first (PostgreSQL: staged, not COPYed)
-
-
-def merge_sql(target: str, staged: Staged, primary_key: Sequence[str]) -> str:
-    """The ``INSERT ... SELECT`` of staged rows into ``target``: appended without a primary key;
-    with one, one row per key (the newest version, then the last in stream order), upserted.
-
-    The upsert never lets an older version replace a newer row. ``>=`` rather than ``>``: a
-    re-sent copy of the stored batch (equal version) writes the same values again, and
-    version-0 rows (ids of another format) keep last-write-wins among themselves.
-    """
-    columns = list(staged.exprs)
-    meta = [BATCH_ID_COLUMN, VERSION_COLUMN, INGESTED_AT_COLUMN]
-    names = ", ".join([*map(quote_ident, columns), *meta])
-    values = ", ".join(staged.exprs.values())
-    insert = f"INSERT INTO {target} AS {_TARGET} ({names}) SELECT "
-    select = f"{values}, s.{BATCH_ID_COLUMN}, s.{VERSION_COLUMN}, now() FROM {staged.source}"
-    if not primary_key:
-        return insert + select
-    keys = ", ".join(staged.exprs[c] for c in primary_key)
-    order = ", ".join([keys, *(f"s.{c} DESC" for c in [VERSION_COLUMN, *staged.tiebreak])])
-    updates = [c for c in columns if c not in primary_key] + meta
-    sets = ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in updates)
-    return (
-        f"{insert}DISTINCT ON ({keys}) {select} ORDER BY {order} "
-        f"ON CONFLICT ({', '.join(map(quote_ident, primary_key))}) DO UPDATE SET {sets} "
-        f"WHERE {_TARGET}.{VERSION_COLUMN} <= excluded.{VERSION_COLUMN}"
-    )
 
 
 class SqlSink(Sink, Generic[C]):
@@ -103,79 +104,27 @@ class SqlSink(Sink, Generic[C]):
 
     store: str  # the store's name in messages
     default_schema: str  # the store's own schema, tenant ``default``'s
+    types: Mapping[str, str]  # logical type -> the store's type, as the history names them
+    float_type: str  # numeric's type before it was exact
 
-    def __init__(
-        self,
-        url: str,
-        tenant: str,
-        *,
-        max_columns: int = DEFAULT_MAX_COLUMNS,
-        schema: str | None = None,
-    ) -> None:
-        super().__init__(url, tenant, max_columns=max_columns)
+    def _setup(self) -> None:
+        schema = self._parse_url(self.url)
         self._explicit_schema = schema  # DCL_SINK_URL's ?schema=
         # The rule's schema; open() may settle on another: an older store's default schema,
         # or DuckDB's stored spelling of this one.
-        self.schema = schema or tenant_schema(tenant, self.default_schema)
+        self.schema = schema or tenant_schema(self.tenant, self.default_schema)
         self._tables: dict[str, TableInfo] = {}  # committed knowledge only
+        self._noted: set[tuple[str, str | None]] = set()  # key differences in the history
 
     # --- the tenant's schema, at open() -------------------------------------------------------
 
     async def _settle_schema(self, con: C) -> str:
-        """Choose the tenant's schema and claim it (in the caller's transaction); returns the
-        stored spelling (DuckDB's ``dcl_tx`` is a ``dcl_TX`` made before)."""
-        return await self._claim_schema(con, await self._choose_schema(con))
-
-    async def _choose_schema(self, con: C) -> str:
-        """``?schema=``, else the tenant's by rule, unless this is a store from before tenant
-        schemas whose default schema this tenant has adopted (or adopts now)."""
-        if self._explicit_schema is not None:
-            return self._explicit_schema
-        default = self.default_schema
-        own = tenant_schema(self.tenant, default)
-        if own == default or await self._stored_schema(con, own) is not None:
-            return own
-        if await self._table_exists(con, default, OWNER_TABLE):
-            owners = await self._strings(
-                con, f"SELECT tenant FROM {qualified(default, OWNER_TABLE)}"
-            )
-            return default if owners == [self.tenant] else own
-        if await self._table_exists(con, default, INBOX_TABLE):
-            tenants = await self._strings(
-                con,
-                f"SELECT DISTINCT tenant FROM {qualified(default, INBOX_TABLE)} "
-                "WHERE tenant IS NOT NULL ORDER BY 1",
-            )
-            if adopt_legacy(default, self.tenant, tenants):
-                return default
-        return own
-
-    async def _claim_schema(self, con: C, schema: str) -> str:
-        """Create the schema, refuse it if another tenant owns it, record the owner, then
-        create the inbox (or give an older one its fingerprint column)."""
-        stored = await self._stored_schema(con, schema)
-        if stored is None:
-            await self._execute(con, f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
-            stored = schema
-        owner, inbox = qualified(stored, OWNER_TABLE), qualified(stored, INBOX_TABLE)
-        tenant = quote_literal(self.tenant)
-        await self._execute(con, f"CREATE TABLE IF NOT EXISTS {owner} (tenant text NOT NULL)")
-        owners = await self._strings(con, f"SELECT tenant FROM {owner}")
-        had_inbox = await self._table_exists(con, stored, INBOX_TABLE)
-        others: list[str] = []
-        if not owners and had_inbox:
-            others = await self._strings(
-                con, f"SELECT DISTINCT tenant FROM {inbox} WHERE tenant <> {tenant} ORDER BY 1"
-            )
-        if check_owner(stored, self.tenant, owners, others):
-            await self._execute(con, f"INSERT INTO {owner} (tenant) VALUES ({tenant})")
-        await self._execute(
-            con,
-            f"CREATE TABLE IF NOT EXISTS {inbox} (batch_id text PRIMARY KEY, tenant text, "
-            "connector text, applied_at timestamptz, record_count int, fingerprint text)",
-        )
-        if had_inbox:
-            await self._upgrade_inbox(con, inbox)
+        """Choose the tenant's schema and claim it (in the caller's transaction), with the
+        inbox, the registry and the other tables of the sink (``_claim``); returns the stored
+        spelling (DuckDB's ``dcl_tx`` is a ``dcl_TX`` made before)."""
+        stored = await claim_schema(self, con, await choose_schema(self, con))
+        for sql in [*registry_ddl(stored), *deletes_ddl(stored)]:
+            await self._execute(con, sql)
         return stored
 
     # --- the sequence -----------------------------------------------------------------------
@@ -185,23 +134,51 @@ class SqlSink(Sink, Generic[C]):
         if not todo:
             return set()
         known: dict[str, TableInfo] = {}
+        changes: list[SchemaChange] = []
         with self._boundary(f"writing batches {_ids([b.batch_id for b in todo])}"):
             async with self._connection() as con, self._transaction(con):
                 stored = await self._claim_batches(con, todo)
                 check_fingerprints(todo, stored)
                 fresh = [b for b in todo if b.batch_id not in stored]
                 for n, tw in enumerate(plan_writes(fresh, self.max_columns)):
-                    known[tw.table] = await self._apply(con, tw, n)
+                    info = await self._apply(con, tw, n, changes)
+                    if info is not None:
+                        known[tw.table] = info
         self._tables.update(known)
+        self._noted.update((c.table, c.detail) for c in changes if c.kind == "key_differs")
+        announce(self.tenant, changes)
         return set(stored)
 
-    async def _apply(self, con: C, tw: TableWrite, n: int) -> TableInfo:
-        """The DDL the table needs, then its rows; returns the table as it is now."""
+    async def _apply(
+        self, con: C, tw: TableWrite, n: int, changes: list[SchemaChange]
+    ) -> TableInfo | None:
+        """One table of a write: under its refresh lock, what the store knows of it (the last
+        full refresh, pending markers, tombstones); the DDL it needs (recorded in the registry
+        and the history); its rows, then its deleted keys; then its markers. Returns the table
+        as it is now (None: only markers, for a table the store does not have)."""
         self._adapt(tw)
+        await self._lock_refresh(con, tw.table, exclusive=bool(tw.refreshes))
+        state = parse_state(await self._rows(con, state_sql(self._name, tw.table)))
+        drop_stale(tw, state.refreshed_version)
+        tw.tombstoned = state.tombstones
+        info = await (self._shape(con, tw, changes) if tw.shaped else self._known(con, tw.table))
+        if info is not None:
+            await self._note_key(con, tw, info.primary_key, changes)
+            if tw.parts:
+                await self._load(con, tw, info, n)
+            if tw.deletes:
+                await self._delete(con, tw, info, n)
+        await self._refresh(con, tw, info, state)
+        if info is not None:
+            await self._execute(con, self._touch_sql(tw.table, tw.batch_ids[-1]))
+        return info
+
+    async def _shape(self, con: C, tw: TableWrite, changes: list[SchemaChange]) -> TableInfo:
+        """The DDL the write needs; a change the cached schema does not cover is decided on the
+        catalog, under the DDL lock (another worker may have changed the table)."""
         cached = self._tables.get(tw.table)
         change = None if cached is None else plan_table(cached, tw, self.max_columns)
         if change is None or change.needed:
-            # Decide on the current catalog: another worker may have changed the table.
             await self._lock_table(con, tw.table)
             stored = await self._read_table(con, tw.table)
             if stored is None:
@@ -211,9 +188,46 @@ class SqlSink(Sink, Generic[C]):
             change = plan_table(stored, tw, self.max_columns)
             if change.needed:
                 await self._alter_table(con, tw.table, change)
-        if tw.parts:
-            await self._load(con, tw, change.info, n)
+            await self._record_change(con, tw, change, first_sight=cached is None, into=changes)
         return change.info
+
+    async def _known(self, con: C, table: str) -> TableInfo | None:
+        """The table as it is, without changing it (a write of markers only)."""
+        cached = self._tables.get(table)
+        return cached if cached is not None else await self._read_table(con, table)
+
+    async def _record_change(
+        self,
+        con: C,
+        tw: TableWrite,
+        change: TableChange,
+        *,
+        first_sight: bool,
+        into: list[SchemaChange],
+    ) -> None:
+        """The registry row (a table this process has not seen yet may be from before the
+        registry) and the history rows of ``change``."""
+        found = schema_changes(tw, change, self.types, self.float_type)
+        for sql in change_sql(self._name, self.tenant, tw, change, found, first_sight):
+            await self._execute(con, sql)
+        into.extend(found)
+
+    async def _note_key(
+        self, con: C, tw: TableWrite, stored_key: list[str], into: list[SchemaChange]
+    ) -> None:
+        """A batch key that differs from the stored one, in the history once."""
+        differs = key_difference(tw, stored_key)
+        if differs is None or (tw.table, differs.detail) in self._noted:
+            return
+        if await self._scalar(con, key_noted_sql(self._name, differs)):
+            self._noted.add((tw.table, differs.detail))
+            return
+        await self._execute(con, history_sql(self._name(HISTORY_TABLE), [differs]))
+        into.append(differs)
+
+    def _touch_sql(self, table: str, batch_id: str) -> str:
+        """The registry's last batch and write of ``table``."""
+        return touch_sql(self._name, table, batch_id)
 
     async def _load(self, con: C, tw: TableWrite, info: TableInfo, n: int) -> None:
         """The write's rows into the table: straight in where the dialect can, else merged."""
@@ -221,13 +235,78 @@ class SqlSink(Sink, Generic[C]):
         logical = {c: info.columns.get(c, "string") for c in columns}
         if await self._load_direct(con, tw, logical, info.primary_key):
             return
-        staged = await self._stage(con, tw, logical, n)
+        staged = await self._stage(con, tw, logical, str(n))
         try:
             await self._merge(con, tw, staged, info.primary_key)
         except Exception as exc:
             if not isinstance(self._translate(exc, "merging rows"), SinkDataError):
                 raise  # the store is unusable, or no driver error: the boundary decides
             raise await self._rejected(con, tw, staged, exc) from exc
+
+    def _merge_sql(self, tw: TableWrite, staged: Staged, primary_key: list[str]) -> str:
+        """``merge_sql`` into the table, skipping keys a newer tombstone says are deleted."""
+        where = None
+        if tw.tombstoned and primary_key:
+            keys = key_exprs(staged.exprs, primary_key)
+            where = tombstone_filter(self._name, tw.table, self._key_text(keys))
+        return merge_sql(self._name(tw.table), staged, primary_key, where)
+
+    async def _delete(self, con: C, tw: TableWrite, info: TableInfo, n: int) -> None:
+        """The write's deleted keys, after its rows: marked (soft) or removed with a tombstone
+        (hard), where the key's stored version is not newer."""
+        pk = info.primary_key
+        for part in tw.deletes:  # the stored key decides (a batch may name another)
+            check_deleted_keys(tw, part.records, pk, part.batch_id)
+        logical = {c: info.columns.get(c, "string") for c in pk}
+        staged = await self._stage(con, deleted_write(tw, pk), logical, f"{n}d")
+        keys, order = key_exprs(staged.exprs, pk), order_by(staged, pk)
+        target = self._name(tw.table)
+        if self.delete_mode == HARD:
+            await self._execute(con, hard_delete_sql(target, staged.source, keys, order, pk))
+            tombstones = tombstone_sql(
+                self._name, tw.table, staged.source, self._key_text(keys), staged.tiebreak
+            )
+            await self._execute(con, tombstones)
+        else:
+            await self._execute(con, soft_delete_sql(target, staged.source, keys, order, pk))
+
+    async def _refresh(
+        self, con: C, tw: TableWrite, info: TableInfo | None, state: TableState
+    ) -> None:
+        """The write's markers, and the pending ones its chunks may complete: a run whose
+        chunks of the table are all in the inbox is reconciled; one that is not, waits."""
+        markers = relevant(tw, state.pending)
+        if any(m not in tw.refreshes for m in markers):
+            # Completing another write's marker: one writer at a time checks, and reads the
+            # markers again (the one before may have reconciled them).
+            await self._lock_refresh_check(con, tw.table)
+            state = parse_state(await self._rows(con, state_sql(self._name, tw.table)))
+            markers = relevant(tw, state.pending)
+        floor = state.refreshed_version
+        for marker in markers:
+            if marker.version <= floor:  # this run, or a newer one, is reconciled already
+                await self._execute(con, forget_pending_sql(self._name, tw.table, marker))
+            elif await self._applied(con, marker) < marker.chunks:
+                if marker in tw.refreshes:
+                    await self._execute(con, pending_sql(self._name, tw.table, marker))
+            elif info is None:  # a run that wrote no rows into a table the store lacks
+                await self._execute(con, forget_pending_sql(self._name, tw.table, marker))
+            else:
+                await self._reconcile(con, tw.table, info, marker)
+                floor = marker.version
+
+    async def _applied(self, con: C, marker: Refresh) -> int:
+        return int(await self._scalar(con, applied_chunks_sql(self._name, marker)))
+
+    async def _reconcile(self, con: C, table: str, info: TableInfo, marker: Refresh) -> None:
+        """The rows the run did not write, deleted; the table's floor raised."""
+        if self.delete_mode == SOFT and not info.deletable:  # a table no write has touched
+            change = plan_change(info, {}, info.primary_key)  # since deletes: only the column
+            await self._alter_table(con, table, change)
+            info.deletable = True
+        await self._execute(con, reconcile_sql(self._name(table), marker, self.delete_mode))
+        for sql in refreshed_sql(self._name, table, marker.version):
+            await self._execute(con, sql)
 
     async def _rejected(
         self, con: C, tw: TableWrite, staged: Staged, exc: Exception
@@ -247,13 +326,37 @@ class SqlSink(Sink, Generic[C]):
                 await self._scalar(con, "SELECT 1")
 
     async def count_rows(self) -> dict[str, int]:
-        """Rows per data table of the schema (the inbox and the owner record excluded)."""
-        with self._boundary("counting rows"):
+        return {report.table: report.live_rows for report in await self.tables_report()}
+
+    async def tables_report(self) -> list[TableReport]:
+        with self._boundary("reading the tables"):
             async with self._connection() as con:
-                return {
-                    table: int(await self._scalar(con, f"SELECT count(*) FROM {self._name(table)}"))
-                    for table in await self._data_tables(con)
-                }
+                registry = {r[0]: r for r in await self._rows(con, registry_sql(self._name))}
+                reports = []
+                for table in await self._data_tables(con):
+                    info = await self._read_table(con, table)
+                    if info is not None:  # dropped meanwhile
+                        counts = await self._rows(con, counts_sql(self._name(table), info))
+                        reports.append(table_report(table, info, counts[0], registry))
+                return reports
+
+    async def schema_report(self, table: str) -> SchemaReport | None:
+        with self._boundary(f"reading table {table}"):
+            async with self._connection() as con:
+                if table not in await self._data_tables(con):
+                    return None
+                info = await self._read_table(con, table)
+                if info is None:
+                    return None
+                registry = {r[0]: r for r in await self._rows(con, registry_sql(self._name))}
+                counts = await self._rows(con, counts_sql(self._name(table), info))
+                types = await self._rows(con, store_types_sql(self.schema, table))
+                history = await self._rows(con, report_history_sql(self._name, table))
+        return SchemaReport(
+            table_report(table, info, counts[0], registry),
+            column_reports(info, types),
+            history_reports(history),
+        )
 
     def _name(self, table: str) -> str:
         return qualified(self.schema, table)
@@ -271,6 +374,10 @@ class SqlSink(Sink, Generic[C]):
             raise error from exc
 
     # --- the dialect's hooks ----------------------------------------------------------------
+
+    @abstractmethod
+    def _parse_url(self, url: str) -> str | None:
+        """Read DCL_SINK_URL into the dialect's attributes; returns its ``?schema=``."""
 
     @abstractmethod
     async def _stored_schema(self, con: C, schema: str) -> str | None:
@@ -309,6 +416,21 @@ class SqlSink(Sink, Generic[C]):
         """Change the write's column types to what the store can hold exactly (by default
         nothing: DuckDB's numeric has a limit)."""
 
+    async def _lock_refresh(self, con: C, table: str, *, exclusive: bool) -> None:
+        """Order this write of ``table`` against full-refresh markers: a marker's write holds it
+        exclusively, others shared (by default the transaction alone does)."""
+
+    async def _lock_refresh_check(self, con: C, table: str) -> None:
+        """Let one write at a time check whether pending markers of ``table`` are complete."""
+
+    @abstractmethod
+    def _key_text(self, keys: list[str]) -> str:
+        """A key's values (SQL expressions) as one text, a tombstone's ``key``."""
+
+    @abstractmethod
+    async def _rows(self, con: C, sql: str) -> list[tuple[Any, ...]]:
+        """The rows of ``sql``."""
+
     async def _lock_table(self, con: C, table: str) -> None:
         """Serialise DDL on ``table`` across writers (by default the transaction alone does)."""
 
@@ -331,9 +453,9 @@ class SqlSink(Sink, Generic[C]):
         return False
 
     @abstractmethod
-    async def _stage(self, con: C, tw: TableWrite, logical: dict[str, str], n: int) -> Staged:
+    async def _stage(self, con: C, tw: TableWrite, logical: dict[str, str], tag: str) -> Staged:
         """Bulk-load the rows (columns of ``logical`` types) where ``merge_sql`` reads them;
-        ``n`` numbers the tables of one write."""
+        ``tag`` tells the stages of one write apart."""
 
     @abstractmethod
     async def _merge(self, con: C, tw: TableWrite, staged: Staged, primary_key: list[str]) -> None:
@@ -352,13 +474,8 @@ class SqlSink(Sink, Generic[C]):
         """The schema's data tables: neither the inbox nor the owner record."""
 
     @abstractmethod
-    def _translate(self, exc: Exception, what: str, *, opening: bool = False) -> SinkError | None:
+    def _translate(self, exc: Exception, what: str, *, opening: bool = False) -> AamDclError | None:
         """The driver's one mapping: our error for ``exc``, None if it is not the driver's."""
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of a driver's message (DuckDB's go on with hints and context)."""
-    return (str(exc).strip().splitlines() or [repr(exc)])[0]
 
 
 def _ids(ids: list[str]) -> str:

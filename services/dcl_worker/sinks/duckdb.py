@@ -18,21 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from itertools import repeat
-from pathlib import Path
+from itertools import chain, repeat
 from typing import Any, ParamSpec, TypeVar
 
 import duckdb
 
-from aam_dcl.errors import ConfigError, SinkDataError, SinkError, SinkUnavailable
+from aam_dcl.errors import AamDclError, SinkDataError, SinkUnavailable
 from aam_dcl.messages import Batch
+from dcl_worker.sinks._claim import check_claim, choose_schema
 from dcl_worker.sinks._decimals import fits_duckdb
 from dcl_worker.sinks._duckdb_catalog import (
+    FLOAT_TYPE,
     TYPES,
     alter_table,
     first_column,
@@ -41,6 +41,7 @@ from dcl_worker.sinks._duckdb_catalog import (
     table_exists,
     table_of_other_case,
 )
+from dcl_worker.sinks._duckdb_file import check_path, parse_duckdb_url, translate_duckdb
 from dcl_worker.sinks._duckdb_spool import (
     POS,
     SEQ,
@@ -51,8 +52,9 @@ from dcl_worker.sinks._duckdb_spool import (
     spool_name,
     staged_rows,
 )
+from dcl_worker.sinks._merge import Staged
+from dcl_worker.sinks._registry import SINK_TABLES
 from dcl_worker.sinks._sql import (
-    DEFAULT_MAX_COLUMNS,
     INBOX_TABLE,
     TableChange,
     TableInfo,
@@ -60,61 +62,14 @@ from dcl_worker.sinks._sql import (
     quote_ident,
     quote_literal,
 )
-from dcl_worker.sinks._template import SqlSink, Staged, merge_sql
-from dcl_worker.sinks._tenancy import OWNER_TABLE, url_schema
+from dcl_worker.sinks._template import SqlSink
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 DEFAULT_SCHEMA = "main"
-# A path that can never be a database file: ConfigError (exit 2), not a retry forever.
-_BAD_PATH_ERRNOS = frozenset({errno.ENOTDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS})
-
-# Errors that say the store cannot be used right now, as opposed to rejecting the data.
-_UNAVAILABLE = (
-    duckdb.IOException,
-    duckdb.OutOfMemoryException,
-    duckdb.TransactionException,
-    duckdb.FatalException,
-    duckdb.InternalException,
-    duckdb.ConnectionException,
-)
 # The database is invalidated after these: reconnect before the next call.
 _BROKEN = (duckdb.FatalException, duckdb.InternalException, duckdb.ConnectionException)
-
-
-def translate_duckdb(
-    exc: Exception, path: str, what: str, *, opening: bool = False
-) -> SinkError | None:
-    """Our error for a DuckDB (or file system) exception; None for any other exception.
-
-    The file unusable now (I/O, a lock, memory, a broken database, a spool file that cannot
-    be written), or anything while opening it: SinkUnavailable, retried. Any other DuckDB
-    error rejects the data: SinkDataError.
-    """
-    if not isinstance(exc, duckdb.Error | OSError):
-        return None
-    if opening or isinstance(exc, (*_UNAVAILABLE, OSError)):
-        return SinkUnavailable(f"DuckDB file {path}: {what}: {exc}")
-    return SinkDataError(f"DuckDB rejected the write: {what}: {exc}")
-
-
-def parse_duckdb_url(url: str) -> tuple[str, str | None]:
-    """(file path, the schema a trailing ``?schema=NAME`` names, or None: the tenant's).
-
-    Everything else after ``duckdb://`` is the path (``:memory:`` for a throwaway store).
-    """
-    path = url.removeprefix("duckdb://")
-    schema = None
-    head, sep, query = path.rpartition("?schema=")
-    if sep and head:
-        path, schema = head, url_schema(query)
-    if not path:
-        raise ConfigError(
-            f"DCL_SINK_URL={url!r} has no file path: use duckdb:///abs/dcl.duckdb "
-            "or duckdb://./data/dcl.duckdb"
-        )
-    return path, schema
 
 
 @dataclass(slots=True)
@@ -129,10 +84,15 @@ class DuckDBSink(SqlSink[_Session]):
     scheme = "duckdb"
     store = "DuckDB"
     default_schema = DEFAULT_SCHEMA
+    types = TYPES
+    float_type = FLOAT_TYPE
 
-    def __init__(self, url: str, tenant: str, *, max_columns: int = DEFAULT_MAX_COLUMNS) -> None:
+    def _parse_url(self, url: str) -> str | None:
         self.path, schema = parse_duckdb_url(url)
-        super().__init__(url, tenant, max_columns=max_columns, schema=schema)
+        return schema
+
+    def _setup(self) -> None:
+        super()._setup()
         memory = self.path == ":memory:"
         self._spool_dir = tempfile.gettempdir() if memory else os.path.dirname(self.path) or "."
         self._spool_prefix = f".dcl-{'memory' if memory else os.path.basename(self.path)}-"
@@ -151,7 +111,7 @@ class DuckDBSink(SqlSink[_Session]):
     async def _connect(self) -> duckdb.DuckDBPyConnection:
         """Open the file, settle the tenant's schema and make it the connection's default."""
         if self.path != ":memory:":
-            await _in_thread(self._check_path)
+            await _in_thread(check_path, self.path)
         with self._boundary("cannot open the file", opening=True):
             con = await _in_thread(duckdb.connect, self.path)
         prepared = False
@@ -172,30 +132,6 @@ class DuckDBSink(SqlSink[_Session]):
             await _in_thread(remove_leftover_spools, self._spool_dir, self._spool_prefix)
         return con
 
-    def _check_path(self) -> None:
-        """A directory, or a place the worker cannot write, never becomes a database file."""
-        path = Path(self.path)
-        if path.is_dir():
-            raise ConfigError(
-                f"DCL_SINK_URL: the DuckDB path {self.path} is a directory; name a file in it, "
-                f"e.g. duckdb://{path / 'dcl.duckdb'}"
-            )
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            if exc.errno not in _BAD_PATH_ERRNOS:
-                raise SinkUnavailable(f"cannot create {path.parent}: {exc}") from exc
-            raise ConfigError(
-                f"DCL_SINK_URL: cannot create the directory of the DuckDB file {self.path}: "
-                f"{exc.strerror}; choose a path the worker can write"
-            ) from exc
-        for target in (path.parent, path) if path.exists() else (path.parent,):
-            if not os.access(target, os.W_OK):  # the spool files go next to the database too
-                raise ConfigError(
-                    f"DCL_SINK_URL: the DuckDB path {self.path} is not writable ({target}); "
-                    "choose a path the worker can write"
-                )
-
     async def close(self) -> None:
         async with self._lock:
             con, self._con = self._con, None
@@ -204,8 +140,28 @@ class DuckDBSink(SqlSink[_Session]):
             if con is not None:
                 await _in_thread(con.close)
 
-    def _translate(self, exc: Exception, what: str, *, opening: bool = False) -> SinkError | None:
+    def _translate(self, exc: Exception, what: str, *, opening: bool = False) -> AamDclError | None:
         return translate_duckdb(exc, self.path, what, opening=opening)
+
+    async def check(self) -> None:
+        """The path (as open() checks it, creating nothing), then, if the file exists, a
+        read-only connection: the schema the sink would choose and its owner. A file another
+        process has open (a running worker) is SinkUnavailable: DuckDB lets one process in."""
+        if self.path == ":memory:" or self._con is not None:
+            return
+        await _in_thread(check_path, self.path, create=False)
+        if not await _in_thread(os.path.exists, self.path):
+            return  # open() creates it
+        with self._boundary("cannot open the file", opening=True):
+            con = await _in_thread(duckdb.connect, self.path, read_only=True)
+        try:
+            with self._boundary("cannot read the file", opening=True):
+                session = _Session(con)
+                schema = await choose_schema(self, session)
+                if await self._stored_schema(session, schema) is not None:
+                    await check_claim(self, session, schema)
+        finally:
+            await _in_thread(con.close)
 
     def _name(self, table: str) -> str:
         # The connection's default schema is the tenant's; "x"."t" could name a catalog x.
@@ -278,7 +234,9 @@ class DuckDBSink(SqlSink[_Session]):
                     tw.columns[column] = "string"
                     tw.type_origin[column] = misfit
 
-    async def _stage(self, s: _Session, tw: TableWrite, logical: dict[str, str], n: int) -> Staged:
+    async def _stage(
+        self, s: _Session, tw: TableWrite, logical: dict[str, str], tag: str
+    ) -> Staged:
         """Spool the rows as NDJSON; the merge reads them with the table's column types."""
         path = os.path.join(self._spool_dir, spool_name(self._spool_prefix))
         s.spooled.append(path)
@@ -298,10 +256,16 @@ class DuckDBSink(SqlSink[_Session]):
     async def _merge(
         self, s: _Session, tw: TableWrite, staged: Staged, primary_key: list[str]
     ) -> None:
-        await self._execute(s, merge_sql(self._name(tw.table), staged, primary_key))
+        await self._execute(s, self._merge_sql(tw, staged, primary_key))
 
     async def _probe(self, s: _Session, staged: Staged, column: str) -> str | None:
         return await _in_thread(probe, s.con, staged.location, column, staged.casts[column])
+
+    def _key_text(self, keys: list[str]) -> str:
+        return f"CAST(json_array({', '.join(f'CAST({k} AS VARCHAR)' for k in keys)}) AS VARCHAR)"
+
+    async def _rows(self, s: _Session, sql: str) -> list[tuple[Any, ...]]:
+        return await _in_thread(_fetch, s.con, sql)
 
     async def _scalar(self, s: _Session, sql: str) -> Any:
         return await _in_thread(_scalar, s.con, sql)
@@ -311,9 +275,9 @@ class DuckDBSink(SqlSink[_Session]):
             first_column,
             s.con,
             "SELECT table_name FROM information_schema.tables WHERE table_schema = "
-            "current_schema() AND table_type = 'BASE TABLE' AND table_name NOT IN (?, ?) "
-            "ORDER BY 1",
-            [INBOX_TABLE, OWNER_TABLE],
+            "current_schema() AND table_type = 'BASE TABLE' AND table_name NOT IN "
+            "(SELECT unnest(?::VARCHAR[])) ORDER BY 1",
+            [list(SINK_TABLES)],
         )
 
 
@@ -370,17 +334,27 @@ def _claim(
     return stored
 
 
+def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in con.execute(sql).fetchall()]
+
+
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
     row = con.execute(sql).fetchone()
     return row[0] if row else None
 
 
 def _first_misfit(tw: TableWrite, column: str) -> str | None:
-    """The first batch of ``tw`` with a value of ``column`` that DECIMAL(38, 9) cannot hold."""
+    """The first batch of ``tw`` with a value of ``column`` that DECIMAL(38, 9) cannot hold.
+    All parts' values are checked at once; the culprit is looked for only if one fails."""
+    values = list(chain.from_iterable(map(dict.get, p.records, repeat(column)) for p in tw.parts))
+    try:
+        if fits_duckdb(values):
+            return None
+    except (TypeError, ValueError):
+        pass  # find the batch, below, and name it
     for part in tw.parts:
-        values = list(map(dict.get, part.records, repeat(column)))
         try:
-            if not fits_duckdb(values):
+            if not fits_duckdb(list(map(dict.get, part.records, repeat(column)))):
                 return part.batch_id
         except (TypeError, ValueError) as exc:
             where = f"batch {part.batch_id}: table {tw.table}: column {column}"

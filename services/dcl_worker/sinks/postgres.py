@@ -17,12 +17,28 @@ from collections.abc import AsyncIterator, Callable
 from functools import partial
 from itertools import chain, repeat
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from aam_dcl.errors import ConfigError, SinkDataError, SinkError, SinkUnavailable
+from aam_dcl.errors import AamDclError, SinkDataError, SinkUnavailable
 from aam_dcl.messages import Batch, Record
+from dcl_worker.sinks._claim import check_claim, choose_schema
+from dcl_worker.sinks._merge import Staged, first_line
+from dcl_worker.sinks._pg_catalog import (
+    FLOAT_TYPE,
+    alter_table,
+    read_table,
+    table_of_other_case,
+)
+from dcl_worker.sinks._pg_connect import (
+    CONNECT_TIMEOUT_S,
+    SERVER_SETTINGS,
+    missing_privilege,
+    never_works,
+    parse_postgres_url,
+    translate_pg,
+    where,
+)
 from dcl_worker.sinks._pg_values import (
     FROM_STAGE,
     STAGE,
@@ -31,13 +47,10 @@ from dcl_worker.sinks._pg_values import (
     doubles_hold,
     staged_values,
 )
+from dcl_worker.sinks._registry import REGISTRY_TABLE, SINK_TABLES
 from dcl_worker.sinks._sql import (
     BATCH_ID_COLUMN,
-    DEFAULT_MAX_COLUMNS,
-    FOLD_SQL,
     INBOX_TABLE,
-    INGESTED_AT_COLUMN,
-    RESERVED_PREFIX,
     VERSION_COLUMN,
     TableChange,
     TableInfo,
@@ -45,64 +58,28 @@ from dcl_worker.sinks._sql import (
     fold,
     qualified,
     quote_ident,
+    quote_literal,
 )
-from dcl_worker.sinks._template import SqlSink, Staged, first_line, merge_sql
-from dcl_worker.sinks._tenancy import OWNER_TABLE, url_schema
+from dcl_worker.sinks._template import SqlSink
 
-FLOAT_TYPE = "double precision"  # numeric's type before it was exact: widened on first use
-_FROM_STORE = {**{sql: logical for logical, sql in TYPES.items()}, FLOAT_TYPE: "numeric"}
-# SQLSTATE classes that mean "the store is not usable now", not "this data is bad":
-# connection, transaction rollback (deadlock), resources, operator intervention,
-# object not in prerequisite state (lock timeout), system and internal errors.
-_UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58", "XX"})
 DEFAULT_SCHEMA = "public"
-CONNECT_TIMEOUT_S = 10.0
 POOL_MAX_SIZE = 10
 DIRECT_RETRY_WRITES = 16
-_VERSION_DEF = f"{VERSION_COLUMN} bigint NOT NULL DEFAULT 0"
-# The transaction's start time, as the inbox's applied_at: COPY need not send it with every row
-# (encoding a timestamptz costs asyncpg more than any other column).
-_INGESTED_AT_DEF = f"{INGESTED_AT_COLUMN} timestamptz DEFAULT now()"
-
-
-def translate_pg(
-    exc: Exception, where: str, what: str, *, opening: bool = False
-) -> SinkError | None:
-    """Our error for an asyncpg (or network) exception; None for any other exception.
-
-    Connection problems, timeouts and the SQLSTATE classes above are SinkUnavailable (retry
-    later), and so is every error while connecting (``opening``): no batch is at fault then.
-    Any other server error rejects the data: SinkDataError.
-    """
-    if isinstance(exc, asyncpg.PostgresError):
-        state = str(getattr(exc, "sqlstate", "") or "")
-        if opening or state[:2] in _UNAVAILABLE_CLASSES:
-            return SinkUnavailable(f"PostgreSQL ({where}): {what}: {exc}")
-        return SinkDataError(f"PostgreSQL rejected the write: {what}: {exc}")
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
-        return SinkUnavailable(f"PostgreSQL ({where}): {what}: {exc!r}")
-    return None
-
-
-def parse_postgres_url(url: str) -> tuple[str, str | None]:
-    """(asyncpg DSN, the schema ``?schema=`` names, or None: the tenant's, by ``_tenancy``)."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    schemas = [value for key, value in query if key == "schema"]
-    if not schemas:
-        return url, None
-    rest = urlencode([(k, v) for k, v in query if k != "schema"])
-    return urlunsplit(parts._replace(query=rest)), url_schema(schemas[-1])
 
 
 class PostgresSink(SqlSink[asyncpg.Connection]):
     scheme = "postgresql"
     store = "PostgreSQL"
     default_schema = DEFAULT_SCHEMA
+    types = TYPES
+    float_type = FLOAT_TYPE
 
-    def __init__(self, url: str, tenant: str, *, max_columns: int = DEFAULT_MAX_COLUMNS) -> None:
+    def _parse_url(self, url: str) -> str | None:
         self._dsn, schema = parse_postgres_url(url)
-        super().__init__(url, tenant, max_columns=max_columns, schema=schema)
+        return schema
+
+    def _setup(self) -> None:
+        super()._setup()
         self._pool: asyncpg.Pool | None = None
         self._skip_direct: dict[str, int] = {}  # table -> writes left on the staging path
 
@@ -117,13 +94,7 @@ class PostgresSink(SqlSink[asyncpg.Connection]):
                 min_size=1,
                 max_size=POOL_MAX_SIZE,
                 timeout=CONNECT_TIMEOUT_S,
-                # extra_float_digits 1 (the default): a double prints as its shortest decimal,
-                # which the exact numeric of a staged float is read from.
-                server_settings={
-                    "timezone": "UTC",
-                    "application_name": "dcl-worker",
-                    "extra_float_digits": "1",
-                },
+                server_settings=SERVER_SETTINGS,
                 # COPY encodes by the column types asyncpg introspected; a cached introspection
                 # goes stale when another worker widens a column (binary COPY would then send
                 # an int8 into a float8 column). Writes run a handful of statements, so never
@@ -146,10 +117,12 @@ class PostgresSink(SqlSink[asyncpg.Connection]):
         try:
             self.schema = await self._settle_schema(con)
         except asyncpg.InsufficientPrivilegeError as exc:
-            raise ConfigError(
-                f"DCL_SINK_URL: PostgreSQL ({self._where()}) refuses to create the tenant's "
-                f"schema or inbox: {exc}. Grant CREATE on the database (or the schema), or "
-                "create the schema for the worker's user"
+            raise never_works(
+                self.url,
+                self._where(),
+                f"refuses to create the tenant's schema or its tables: {first_line(exc)}: "
+                "grant the user CREATE on the database (or on the schema), or create the "
+                "schema for it",
             ) from exc
 
     async def close(self) -> None:
@@ -158,12 +131,33 @@ class PostgresSink(SqlSink[asyncpg.Connection]):
         if pool is not None:
             await pool.close()
 
-    def _where(self) -> str:
-        parts = urlsplit(self._dsn)
-        return f"{parts.hostname}:{parts.port or 5432}{parts.path}, schema {self.schema}"
+    async def check(self) -> None:
+        """One connection of its own, one read-only transaction: the schema the sink would
+        choose, its owner, and the privileges open() and write() need."""
+        with self._boundary("cannot connect", opening=True):
+            con = await asyncpg.connect(
+                self._dsn, timeout=CONNECT_TIMEOUT_S, server_settings=SERVER_SETTINGS
+            )
+        try:
+            with self._boundary("cannot read the catalog", opening=True):
+                async with con.transaction(readonly=True):
+                    schema = await choose_schema(self, con)
+                    exists = await self._stored_schema(con, schema) is not None
+                    if exists:
+                        await check_claim(self, con, schema)
+                    problem = await missing_privilege(con, schema, exists)
+            if problem is not None:
+                raise never_works(
+                    self.url, where(self._dsn, schema), f"the user lacks {problem}: grant it"
+                )
+        finally:
+            await con.close()
 
-    def _translate(self, exc: Exception, what: str, *, opening: bool = False) -> SinkError | None:
-        return translate_pg(exc, self._where(), what, opening=opening)
+    def _where(self) -> str:
+        return where(self._dsn, self.schema)
+
+    def _translate(self, exc: Exception, what: str, *, opening: bool = False) -> AamDclError | None:
+        return translate_pg(exc, self.url, self._where(), what, opening=opening)
 
     # --- connections, inbox, catalog, DDL ---------------------------------------------------
 
@@ -229,65 +223,38 @@ class PostgresSink(SqlSink[asyncpg.Connection]):
             stored.update((r[0], r[1]) for r in rows)
         return stored
 
+    async def _lock_refresh(self, con: asyncpg.Connection, table: str, *, exclusive: bool) -> None:
+        """Writes of a table share this lock, a write with its full-refresh marker holds it
+        alone: it then sees every inbox row of the writes before it, and the writes after it
+        see its pending marker (neither could see the other's uncommitted rows otherwise)."""
+        key = f"aam-dcl:refresh:{self.schema}.{fold(table)}"
+        if exclusive:
+            await _advisory_lock(con, key)
+        else:
+            await con.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))", key)
+
+    async def _lock_refresh_check(self, con: asyncpg.Connection, table: str) -> None:
+        # Two writes of a marker's last chunks would each miss the other's uncommitted one.
+        await _advisory_lock(con, f"aam-dcl:refresh-check:{self.schema}.{fold(table)}")
+
+    def _key_text(self, keys: list[str]) -> str:
+        return f"json_build_array({', '.join(f'({k})::text' for k in keys)})::text"
+
+    async def _rows(self, con: asyncpg.Connection, sql: str) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await con.fetch(sql)]
+
     async def _lock_table(self, con: asyncpg.Connection, table: str) -> None:
         # One lock for names that differ only in case.
         await _advisory_lock(con, f"aam-dcl:{self.schema}.{fold(table)}")
 
     async def _table_of_other_case(self, con: asyncpg.Connection, table: str) -> str | None:
-        other = await con.fetchval(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f') "
-            f"AND {FOLD_SQL.format('c.relname')} = $2 AND c.relname <> $3 LIMIT 1",
-            self.schema,
-            fold(table),
-            table,
-        )
-        return None if other is None else str(other)
+        return await table_of_other_case(con, self.schema, table)
 
     async def _read_table(self, con: asyncpg.Connection, table: str) -> TableInfo | None:
-        rows = await con.fetch(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type, "
-            "array_position(i.indkey::int2[], a.attnum) AS key_pos, a.atthasdef "
-            "FROM pg_attribute a LEFT JOIN pg_index i "
-            "ON i.indrelid = a.attrelid AND i.indisprimary "
-            "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped "
-            "ORDER BY a.attnum",
-            self._name(table),
-        )
-        if not rows:
-            return None
-        data = [r for r in rows if not r["attname"].startswith(RESERVED_PREFIX)]
-        columns = {r["attname"]: _FROM_STORE.get(r["type"], "string") for r in data}
-        keyed = sorted((r["key_pos"], r["attname"]) for r in rows if r["key_pos"] is not None)
-        versioned = any(r["attname"] == VERSION_COLUMN for r in rows)
-        ingested_default = any(r["attname"] == INGESTED_AT_COLUMN and r["atthasdef"] for r in rows)
-        inexact = [r["attname"] for r in data if r["type"] == FLOAT_TYPE]
-        return TableInfo(
-            columns, [name for _, name in keyed], versioned, ingested_default, inexact=inexact
-        )
+        return await read_table(con, self._name(table))
 
     async def _alter_table(self, con: asyncpg.Connection, table: str, change: TableChange) -> None:
-        name = self._name(table)
-        if change.create:
-            info = change.info
-            defs = [f"{quote_ident(c)} {TYPES[t]}" for c, t in info.columns.items()]
-            defs += [f"{BATCH_ID_COLUMN} text", _VERSION_DEF, _INGESTED_AT_DEF]
-            if info.primary_key:
-                defs.append(f"PRIMARY KEY ({', '.join(map(quote_ident, info.primary_key))})")
-            await con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(defs)})")
-            return
-        # A table from before row versions: its rows are version 0 (no rewrite: a constant default).
-        steps = [f"ADD COLUMN IF NOT EXISTS {_VERSION_DEF}"] if change.add_version else []
-        if change.set_ingested_default:  # catalog only: no rewrite, stored times stay
-            steps.append(f"ALTER COLUMN {INGESTED_AT_COLUMN} SET DEFAULT now()")
-        steps += [
-            f"ADD COLUMN IF NOT EXISTS {quote_ident(c)} {TYPES[t]}" for c, t in change.add.items()
-        ]
-        steps += [
-            f"ALTER COLUMN {quote_ident(c)} TYPE {TYPES[t]} USING {_cast(c, t, change)}"
-            for c, t in change.widen.items()
-        ]
-        await con.execute(f"ALTER TABLE {name} {', '.join(steps)}")
+        await alter_table(con, self._name(table), change)
 
     async def _scalar(self, con: asyncpg.Connection, sql: str) -> Any:
         return await con.fetchval(sql)
@@ -299,9 +266,20 @@ class PostgresSink(SqlSink[asyncpg.Connection]):
             "AND c.relkind IN ('r', 'p') AND c.relname <> ALL($2::text[]) "
             "ORDER BY 1",
             self.schema,
-            [INBOX_TABLE, OWNER_TABLE],
+            list(SINK_TABLES),
         )
         return [str(r[0]) for r in rows]
+
+    def _touch_sql(self, table: str, batch_id: str) -> str:
+        """As the template's, but a row another writer holds is left to it (SKIP LOCKED): every
+        write of the table would wait for the others' commits otherwise; that writer records
+        its own batch as the last one."""
+        registry, name = self._name(REGISTRY_TABLE), quote_literal(table)
+        return (
+            f"UPDATE {registry} SET last_batch_id = {quote_literal(batch_id)}, "
+            f"last_write_at = now() WHERE table_name = {name} AND ctid = (SELECT ctid FROM "
+            f"{registry} WHERE table_name = {name} FOR UPDATE SKIP LOCKED)"
+        )
 
     # --- rows -------------------------------------------------------------------------------
 
@@ -334,8 +312,8 @@ class PostgresSink(SqlSink[asyncpg.Connection]):
         if primary_key and self._skip_direct.get(table, 0) > 0:
             self._skip_direct[table] -= 1
             return False
-        if any(logical[c] == "json" for c in primary_key):
-            return False
+        if any(logical[c] == "json" for c in primary_key) or tw.tombstoned:
+            return False  # a tombstoned key must not come back: the merge checks them
         if _staged_floats(tw, logical):  # numerics of floats: cheaper staged as doubles
             return False
         try:
@@ -358,7 +336,7 @@ class PostgresSink(SqlSink[asyncpg.Connection]):
         return True
 
     async def _stage(
-        self, con: asyncpg.Connection, tw: TableWrite, logical: dict[str, str], n: int
+        self, con: asyncpg.Connection, tw: TableWrite, logical: dict[str, str], tag: str
     ) -> Staged:
         """COPY the rows into a temp table (``ON COMMIT DROP``) of types asyncpg encodes straight
         from JSON values; the merge casts datetime, date and json."""
@@ -372,7 +350,9 @@ class PostgresSink(SqlSink[asyncpg.Connection]):
         defs = [f"{quote_ident(c)} {STAGE[kind]}" for c, kind in staged.items()]
         # asyncpg caches the column types COPY encodes for, by table name: a staging table of
         # another shape must never reuse a name, so the name carries a digest of its shape.
-        stage = f"_dcl_stage_{n}_{hashlib.blake2b(repr(defs).encode(), digest_size=8).hexdigest()}"
+        stage = (
+            f"_dcl_stage_{tag}_{hashlib.blake2b(repr(defs).encode(), digest_size=8).hexdigest()}"
+        )
         await con.execute(
             f"CREATE TEMP TABLE {stage} ({', '.join(defs)}, "
             f"{BATCH_ID_COLUMN} text, {VERSION_COLUMN} bigint, _dcl_seq integer) ON COMMIT DROP"
@@ -404,16 +384,15 @@ class PostgresSink(SqlSink[asyncpg.Connection]):
         """The merge; first, where the direct COPY was left out for the staged doubles, a plain
         insert of the staged rows (new keys only, as the direct path), which a stored key or a
         key twice in the write turns into the merge."""
-        name = self._name(tw.table)
         if primary_key and staged.new_keys_first:
             try:
                 async with con.transaction():
-                    await con.execute(merge_sql(name, staged, []))
+                    await con.execute(self._merge_sql(tw, staged, []))
                 return
             except asyncpg.UniqueViolationError:
                 self._skip_direct[tw.table] = DIRECT_RETRY_WRITES
         async with con.transaction():  # a savepoint, so a failure can be probed
-            await con.execute(merge_sql(name, staged, primary_key))
+            await con.execute(self._merge_sql(tw, staged, primary_key))
 
     async def _probe(self, con: asyncpg.Connection, staged: Staged, column: str) -> str | None:
         try:
@@ -436,15 +415,6 @@ def _staged_floats(tw: TableWrite, logical: dict[str, str]) -> bool:
 
 async def _advisory_lock(con: asyncpg.Connection, key: str) -> None:
     await con.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
-
-
-def _cast(column: str, logical: str, change: TableChange) -> str:
-    """A widened column's values as ``logical``'s type. A double goes through its text, the
-    shortest decimal that reads back as it (a direct cast keeps 15 digits)."""
-    ref = quote_ident(column)
-    if column in change.from_float:
-        ref = f"{ref}::text"
-    return f"{ref}::{TYPES[logical]}"
 
 
 def _expr(column: str, logical: str, staged: str) -> str:
