@@ -22,7 +22,12 @@ log = structlog.get_logger("dcl_worker")
 async def serve(settings: Settings, stopping: asyncio.Event) -> None:
     """Run a worker until ``stopping`` is set; used by the console script and the demo."""
     client = connect(settings)
-    sink = create_sink(settings.sink_url, settings.tenant_id, max_columns=settings.max_columns)
+    sink = create_sink(
+        settings.sink_url,
+        settings.tenant_id,
+        max_columns=settings.max_columns,
+        delete_mode=settings.delete_mode,
+    )
     worker = Worker(settings, client, sink, stopping)
     try:
         async with health_server(

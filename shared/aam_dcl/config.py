@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     max_columns: int = _env("DCL_MAX_COLUMNS", default=1000, ge=1, le=1500)
     # How far a batch id's timestamp may lie in the future: a later one would pin rows.
     max_clock_skew_s: int = _env("DCL_MAX_CLOCK_SKEW_S", default=300, ge=0, le=86400 * 365)
+    # soft: a row deleted at the source is kept with _dcl_deleted_at set; hard: removed.
+    delete_mode: Literal["soft", "hard"] = _env("DCL_DELETE_MODE", default="soft")
 
     # --- both daemons ------------------------------------------------------------------------
     metrics_host: str = _env("METRICS_HOST", default="0.0.0.0")

@@ -1,6 +1,7 @@
-"""dcl-worker, started as a process, against a DCL store that can never work: it stops at
-start-up with one line naming DCL_SINK_URL (the password masked) and exit code 2; against
-one that may come back (nothing listening yet) it keeps retrying with backoff instead.
+"""dcl-worker and its DCL store: started as a process against a store that can never work, it
+stops at start-up with one line naming DCL_SINK_URL (the password masked) and exit code 2;
+against one that may come back (nothing listening yet) it keeps retrying with backoff
+instead; and the sink it writes with takes DCL_DELETE_MODE.
 """
 
 from __future__ import annotations
@@ -10,13 +11,20 @@ import signal
 import subprocess
 from pathlib import Path
 
+import duckdb
 import orjson
+import redis.asyncio as aioredis
 
+from aam_dcl import keys
+from aam_dcl.config import Settings
+from aam_dcl.messages import encode, entry
 from tests.integration import test_sink_registry as registry_tests
+from tests.integration.conftest import running_worker
 from tests.integration.test_processes import daemon
+from tests.integration.test_sink_deletes import named
 from tests.integration.test_sink_registry import other_dsn
 from tests.integration.test_sinks import closed_port
-from tests.support import wait_until
+from tests.support import drained, wait_until
 
 RUN_S = 60
 norights_role = registry_tests.norights_role  # a fixture: a login role without privileges
@@ -81,3 +89,19 @@ async def test_a_store_not_listening_yet_is_retried_not_fatal(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, RUN_S) == 0, log.read_text()[-2000:]
+
+
+async def test_the_worker_writes_with_dcl_delete_mode(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """DCL_DELETE_MODE reaches the worker's sink: with hard, a batch's deleted key is gone from
+    the store and a tombstone kept (soft, the default, keeps the row: test_sink_deletes)."""
+    hard = settings.model_copy(update={"delete_mode": "hard"})
+    b = named("crm_1700000000000_1", [1, 2])
+    b.tables[0].deleted = [{"id": 2}]
+    await redis.xadd(keys.stream("default", "crm"), entry(encode(b)))
+    async with running_worker(hard):
+        await wait_until(lambda: drained(redis, connectors=["crm"]), what="the batch applied")
+    with duckdb.connect(hard.sink_url.removeprefix("duckdb://")) as con:
+        assert con.execute("SELECT id FROM crm__contacts").fetchall() == [(1,)]
+        assert con.execute("SELECT key FROM _dcl_tombstones").fetchall() == [('["2"]',)]

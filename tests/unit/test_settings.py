@@ -93,6 +93,7 @@ BAD_VALUES = {
     "AAM_MAX_PAYLOAD_BYTES": ("12", "greater than or equal to 1024"),
     "AAM_IGNORE_GROUPS": ("a,b c", "whitespace"),
     "DCL_MAX_COLUMNS": ("5000", "less than or equal to 1500"),
+    "DCL_DELETE_MODE": ("purge", "'soft' or 'hard'"),
     "DCL_MAX_CLOCK_SKEW_S": ("-5", "greater than or equal to 0"),
     "DCL_SINK_URL": ("mysql://db", "duckdb://"),
     "DCL_CONSUMER_NAME": ("worker 1", "letters, digits"),
