@@ -8,7 +8,9 @@ contract by adding one ``ConnectorCase`` to ``CASES``.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import gzip
 import json
 import shutil
 import sys
@@ -18,13 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import asyncpg
 
 from aam_bridge.connectors.base import Connector, ConnectorConfig
 from aam_bridge.connectors.demo import DemoConnector
 from aam_bridge.connectors.dynamics import DynamicsConnector
+from aam_bridge.connectors.files import FileConnector
 from aam_bridge.connectors.hubspot import HubSpotConnector
 from aam_bridge.connectors.postgres import PostgresConnector
 from aam_bridge.connectors.salesforce import SalesforceConnector
@@ -500,6 +503,101 @@ def _tiny_published(row: Record) -> Record:
     }
 
 
+class FilesSource:
+    """The file connector over a directory of its own: accounts.csv (a comma in every name,
+    a record over two lines now and then, empty fields) and orders.jsonl.gz, a table each
+    (by file name), pages of ``page_size``. A change appends accounts and rewrites orders."""
+
+    TYPES: ClassVar[dict[str, str]] = {
+        "id": "integer", "amount": "numeric", "opened": "date", "active": "boolean",
+        "created": "datetime",
+    }  # fmt: skip
+
+    def __init__(self, accounts: int, orders: int, page_size: int) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="aam-files-case-"))
+        self.accounts = [_account(n) for n in range(accounts)]
+        self.orders = [_order(n, 0) for n in range(orders)]
+        self._append_accounts(self.accounts, header=True)
+        self._write_orders()
+        self.connector = FileConnector(
+            ConnectorConfig(
+                name="drops",
+                type="file",
+                connector_config_id="drops-contract",
+                schedule_s=None,
+                options={
+                    "path": f"{self.dir}/*",
+                    "key": ["id"],
+                    "types": self.TYPES,
+                    "page_size": page_size,
+                },
+            )
+        )
+
+    async def truth(self, table: str) -> Rows:
+        rows = self.accounts if table == "accounts" else self.orders
+        return {(r["id"],): {k: _as_published(v) for k, v in r.items()} for r in rows}
+
+    async def change(self) -> None:
+        """Appends five accounts; rewrites orders with every fifth amount changed."""
+        new = [_account(n) for n in range(len(self.accounts), len(self.accounts) + 5)]
+        self._append_accounts(new, header=False)
+        self.accounts += new
+        self.orders = [_order(n, 1) if n % 5 == 0 else r for n, r in enumerate(self.orders)]
+        self._write_orders()
+
+    def _append_accounts(self, rows: list[Record], *, header: bool) -> None:
+        with (self.dir / "accounts.csv").open("a", newline="") as out:
+            writer = csv.writer(out)
+            if header:
+                writer.writerow(rows[0])
+            for row in rows:
+                writer.writerow(_csv_text(v) for v in row.values())
+
+    def _write_orders(self) -> None:
+        with gzip.open(self.dir / "orders.jsonl.gz", "wb") as out:
+            for row in self.orders:
+                line = {
+                    **row,
+                    "amount": float(row["amount"]),
+                    "created": row["created"].isoformat(),
+                }
+                out.write(json.dumps(line).encode() + b"\n")
+
+    async def close(self) -> None:
+        await self.connector.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _account(n: int) -> Record:
+    return {
+        "id": n,
+        "name": f"Account {n}, Ltd",
+        "amount": Decimal(f"{n * 37}.25") if n % 9 else None,
+        "opened": _Day(2024, 1 + n % 12, 1 + n % 28),
+        "active": n % 3 == 0,
+        "note": "line one\nline two" if n % 10 == 3 else None,
+    }
+
+
+def _order(n: int, version: int) -> Record:
+    return {
+        "id": n,
+        "account_id": n % 7,
+        "amount": Decimal(f"{n + 100 * version}.5"),
+        "created": dt.datetime(2025, 11, 4, 9, n % 60, tzinfo=dt.UTC),
+        "meta": {"lines": n % 4, "tag": f"t{n}"},
+    }
+
+
+def _csv_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value.isoformat() if isinstance(value, dt.date) else str(value)
+
+
 CASES = [
     ConnectorCase("demo-salesforce", lambda: DemoSource("salesforce", 230, 50)),
     ConnectorCase("demo-hubspot", lambda: DemoSource("hubspot", 230, 64)),
@@ -511,4 +609,5 @@ CASES = [
     ConnectorCase("hubspot", lambda: HubSpotSource(deals=130, companies=45, page_size=40)),
     ConnectorCase("dynamics", lambda: DynamicsSource(accounts=101, opportunities=70, page_size=30)),
     ConnectorCase("singer", lambda: SingerSource(contacts=130, deals=45, page_size=20)),
+    ConnectorCase("file", lambda: FilesSource(accounts=90, orders=70, page_size=20)),
 ]

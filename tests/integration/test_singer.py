@@ -420,11 +420,46 @@ async def test_tap_jsonl_reads_its_files_and_gets_its_state_back_from_the_cursor
     assert f"incremental sync with bookmark value: {bookmark['replication_key_value']}" in said
 
 
-def bridge(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    full = {**os.environ, "METRICS_PORT": "0", "LOG_FORMAT": "json", **env}
-    with log.open("ab") as out:
-        bin_dir = Path(sys.executable).parent
-        return subprocess.Popen([str(bin_dir / "aam-bridge")], env=full, stdout=out, stderr=out)
+async def killed_twice_then_run(
+    redis: aioredis.Redis, redis_url: str, tmp_path: Path, connector: str, kill_at: list[int]
+) -> list[dict[str, Any]]:
+    """Runs the bridge as a process on tmp_path/connectors.yaml, kill -9 once the stream of
+    ``connector`` holds each of ``kill_at`` entries (the run left unfinished), then runs it to
+    its end; the batches published, with no batch id twice."""
+    env = {
+        **os.environ,
+        "METRICS_PORT": "0",
+        "LOG_FORMAT": "json",
+        "REDIS_URL": redis_url,
+        "AAM_CONNECTORS_FILE": str(tmp_path / "connectors.yaml"),
+        "AAM_BATCH_CHUNK_SIZE": "15",
+        "AAM_REDIS_STREAM_MAXLEN": "1000000",
+    }
+    stream = keys.stream("default", connector)
+    log = tmp_path / "bridge.log"
+
+    def bridge() -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            command = [str(Path(sys.executable).parent / "aam-bridge")]
+            return subprocess.Popen(command, env=env, stdout=out, stderr=out)
+
+    for entries in kill_at:
+        proc = bridge()
+
+        async def published(n: int = entries) -> bool:
+            return int(await redis.xlen(stream)) >= n
+
+        await wait_until(published, what=f"{entries} entries")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        state = await redis.hgetall(keys.sync_state("default", connector))
+        assert state[b"run_start_ms"], "the run must be unfinished: " + log.read_text()[-2000:]
+    proc = bridge()
+    assert await asyncio.to_thread(proc.wait, 60) == 0, log.read_text()[-3000:]
+    batches = [orjson.loads(f[b"payload"]) for _, f in await redis.xrange(stream)]
+    ids = [b["batch_id"] for b in batches]
+    assert len(set(ids)) == len(ids), "a chunk was re-sent"
+    return batches
 
 
 async def test_the_bridge_killed_mid_run_resumes_with_every_record_once(
@@ -448,30 +483,7 @@ async def test_the_bridge_killed_mid_run_resumes_with_every_record_once(
         f"      config: {json.dumps(config)}\n"
         "      page_size: 40\n"
     )
-    env = {
-        "REDIS_URL": redis_url,
-        "AAM_CONNECTORS_FILE": str(tmp_path / "connectors.yaml"),
-        "AAM_BATCH_CHUNK_SIZE": "15",
-    }
-    stream = keys.stream("default", "legacy")
-    log = tmp_path / "bridge.log"
-    for kill_at in (10, 50):
-        proc = bridge(env, log)
-
-        async def published(n: int = kill_at) -> bool:
-            return int(await redis.xlen(stream)) >= n
-
-        await wait_until(published, what=f"{kill_at} entries")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        state = await redis.hgetall(keys.sync_state("default", "legacy"))
-        assert state[b"run_start_ms"], "the run must be unfinished: " + log.read_text()[-2000:]
-    proc = bridge(env, log)
-    assert await asyncio.to_thread(proc.wait, 60) == 0, log.read_text()[-3000:]
-
-    batches = [orjson.loads(f[b"payload"]) for _, f in await redis.xrange(stream)]
-    ids = [b["batch_id"] for b in batches]
-    assert len(set(ids)) == len(ids), "a chunk was re-sent"
+    batches = await killed_twice_then_run(redis, redis_url, tmp_path, "legacy", [10, 50])
     for table, count in counts.items():
         got = [r["id"] for b in batches for t in b["tables"] if t["name"] == table
                for r in t.get("records", [])]  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 from aam_bridge.connectors.base import Connector, ConnectorConfig
 from aam_bridge.connectors.demo import DemoConnector
 from aam_bridge.connectors.dynamics import DynamicsConnector
+from aam_bridge.connectors.files import FileConnector
 from aam_bridge.connectors.hubspot import HubSpotConnector
 from aam_bridge.connectors.postgres import PostgresConnector
 from aam_bridge.connectors.salesforce import SalesforceConnector
@@ -17,6 +18,7 @@ from aam_dcl.errors import ConfigError
 CONNECTORS: dict[str, type[Connector]] = {
     DemoConnector.type_name: DemoConnector,
     DynamicsConnector.type_name: DynamicsConnector,
+    FileConnector.type_name: FileConnector,
     HubSpotConnector.type_name: HubSpotConnector,
     PostgresConnector.type_name: PostgresConnector,
     SalesforceConnector.type_name: SalesforceConnector,
