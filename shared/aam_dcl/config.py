@@ -10,12 +10,13 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -125,6 +126,13 @@ class Settings(BaseSettings):
         "LOG_PROGRESS_INTERVAL_S", default=10.0, gt=0, le=3600, allow_inf_nan=False
     )
 
+    # --- TLS to Redis (rediss:// only; the URL's ssl_ca_certs/ssl_certfile/ssl_keyfile alike) --
+    # Files, checked at start-up: the CA that signed the server's certificate, and the client
+    # certificate with its key for a server that asks for one (tls-auth-clients).
+    redis_tls_ca: Path | None = _env("REDIS_TLS_CA", default=None)
+    redis_tls_cert: Path | None = _env("REDIS_TLS_CERT", default=None)
+    redis_tls_key: Path | None = _env("REDIS_TLS_KEY", default=None, validate_default=True)
+
     @field_validator("tenant_id", "consumer_name")
     @classmethod
     def _name(cls, value: str) -> str:
@@ -161,6 +169,22 @@ class Settings(BaseSettings):
         for name in filter(None, (n.strip() for n in value.split(","))):
             if any(ch.isspace() or ord(ch) < 32 for ch in name):
                 raise ValueError(f"group name {name!r} contains whitespace or control characters")
+        return value
+
+    @field_validator("redis_tls_ca", "redis_tls_cert", "redis_tls_key", mode="before")
+    @classmethod
+    def _tls_unset_when_empty(cls, value: Any) -> Any:
+        return None if value == "" else value  # an empty ConfigMap entry means unset
+
+    @field_validator("redis_tls_ca", "redis_tls_cert", "redis_tls_key")
+    @classmethod
+    def _tls_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if "redis_url" not in info.data:
+            return value  # REDIS_URL itself is invalid, and that is the error to report
+        url = info.data["redis_url"] or DEFAULT_REDIS_URL
+        problem = tls_file_problem(str(info.field_name), value, url, info.data)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @property
@@ -208,13 +232,22 @@ def load_settings(**overrides: Any) -> Settings:
 def _describe(exc: ValidationError, env: Mapping[str, str]) -> str:
     lines = []
     for error in exc.errors():
-        name = str(error["loc"][0]) if error["loc"] else "?"
+        name = _variable(str(error["loc"][0])) if error["loc"] else "?"
         value = env.get(name, error.get("input"))
         if isinstance(value, str) and "://" in value:
             value = redacted_url(value)  # a URL may carry a password
         message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{name}={value!r} is invalid: {message}")
+        given = f"{name} (unset)" if value is None else f"{name}={value!r}"
+        lines.append(f"{given} is invalid: {message}")
     return "; ".join(lines)
+
+
+def _variable(loc: str) -> str:
+    """The variable an error is about: a field checked at its default (REDIS_TLS_KEY, checked
+    with REDIS_TLS_CERT) is named by its field name, not its alias."""
+    field = Settings.model_fields.get(loc)
+    alias = field.validation_alias if field else None
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else loc
 
 
 # --- URLs ---------------------------------------------------------------------------------------
@@ -348,6 +381,56 @@ def _redis_option_problem(name: str, value: str) -> str | None:
         return None if Path(value).is_file() else "no such file"
     if name == "ssl_ca_path":
         return None if Path(value).is_dir() else "no such directory"
+    return None
+
+
+# Each REDIS_TLS_* setting: its variable, and the rediss:// option that says the same.
+_TLS_FILES = {
+    "redis_tls_ca": ("REDIS_TLS_CA", "ssl_ca_certs"),
+    "redis_tls_cert": ("REDIS_TLS_CERT", "ssl_certfile"),
+    "redis_tls_key": ("REDIS_TLS_KEY", "ssl_keyfile"),
+}
+
+
+def tls_file_problem(
+    field: str, path: Path | None, url: str, earlier: Mapping[str, Any]
+) -> str | None:
+    """What is wrong with one REDIS_TLS_* file for REDIS_URL ``url``, or None. ``earlier``
+    holds the settings checked before it: the key is checked together with the certificate."""
+    variable, option = _TLS_FILES[field]
+    if field == "redis_tls_key":
+        if "redis_tls_cert" not in earlier:
+            return None  # the certificate is invalid, and that is the error to report
+        if (earlier["redis_tls_cert"] is None) != (path is None):
+            return (
+                "REDIS_TLS_CERT and REDIS_TLS_KEY go together (the client certificate and "
+                "its private key): set both or neither"
+            )
+    if path is None:
+        return None
+    if not url.startswith("rediss://"):
+        return f"{variable} is for TLS only: REDIS_URL must be rediss://... to use it"
+    query = dict(parse_qsl(urlsplit(url).query))
+    if option in query:
+        return f"REDIS_URL has ?{option}= too: give the file in one place"
+    if not path.is_file():
+        return "no such file" if not path.exists() else "not a file"
+    if not os.access(path, os.R_OK):
+        return f"the file is not readable by this user (uid {os.getuid()})"
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if field == "redis_tls_ca":
+            context.load_verify_locations(cafile=path)
+        elif field == "redis_tls_key":
+            cert = earlier["redis_tls_cert"]
+            # A callable, so that an encrypted key fails here instead of prompting a terminal.
+            context.load_cert_chain(cert, path, password=lambda: query.get("ssl_password", ""))
+    except ssl.SSLError as exc:
+        what = "a PEM CA certificate" if field == "redis_tls_ca" else (
+            "the private key of REDIS_TLS_CERT (an encrypted key: its password as "
+            "?ssl_password=)"
+        )  # fmt: skip
+        return f"not {what}: {exc.reason or exc}"
     return None
 
 

@@ -26,6 +26,7 @@ from aam_dcl.errors import ConfigError
 from aam_dcl.logs import configure_logging, get_logger, redact_urls_in, redacted_url
 from aam_dcl.permissions import PermissionProblem, denied_commands, problem_line, redis_user
 from aam_dcl.redis_conn import connect
+from aam_dcl.redis_tls import tls_problem, unverified_tls
 
 log = get_logger("aam_dcl.daemon")
 
@@ -74,6 +75,7 @@ def _start(name: str, service: Service, role: str, connector_names: ConnectorNam
         print(f"{name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log_level, settings.log_format)
+    warn_if_tls_unverified(settings)
 
     async def preflight(settings: Settings) -> None:
         names = connector_names(settings) if connector_names else ()
@@ -90,10 +92,24 @@ def _start(name: str, service: Service, role: str, connector_names: ConnectorNam
     raise SystemExit(0)
 
 
+def warn_if_tls_unverified(settings: Settings) -> None:
+    """Once at start-up: a WARNING naming the REDIS_URL options that turn rediss://
+    verification off (anyone on the path can then read and change the data)."""
+    off = unverified_tls(settings)
+    if off:
+        log.warning(
+            "redis_tls_unverified", off=off, redis_url=redacted_url(settings.effective_redis_url),
+            risk="the Redis server is not authenticated: a machine in the middle can read "
+            "and change every record and credential",
+            fix="remove these options from REDIS_URL and give the server's CA in REDIS_TLS_CA",
+        )  # fmt: skip
+
+
 async def check_permissions(settings: Settings, role: str, connectors: Sequence[str]) -> None:
     """Raise PermissionProblem when the Redis user may not send what ``role``'s daemon sends
-    on the tenant's keys, or Redis refuses the login. Redis unreachable: logged, skipped (the
-    daemon's loops wait for Redis as always; a denial then shows as NOPERM retries)."""
+    on the tenant's keys, or Redis refuses the login; ConfigError when rediss:// fails on TLS
+    (the certificates or the host name). Redis unreachable: logged, skipped (the daemon's
+    loops wait for Redis as always; a denial then shows as NOPERM retries)."""
     client = connect(settings)
     user = redis_user(client)
     try:
@@ -104,6 +120,10 @@ async def check_permissions(settings: Settings, role: str, connectors: Sequence[
             redact_urls_in(f"Redis at {url} refused the login of user {user!r}: {exc}")
         ) from None
     except (RedisError, OSError) as exc:
+        tls = await tls_problem(settings, exc)
+        if tls:  # a certificate or host name never fixes itself: stop and say what to change
+            url = redacted_url(settings.effective_redis_url)
+            raise ConfigError(f"Redis at {url}: TLS: {tls}") from None
         log.warning("permission_check_skipped", reason=redact_urls_in(str(exc)), user=user)
         return
     finally:

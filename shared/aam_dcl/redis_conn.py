@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from aam_dcl.config import Settings
+from aam_dcl.redis_tls import tls_options
 
 # What ``connect`` returns: the standalone client, or the cluster client (same command API).
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster
@@ -33,6 +34,7 @@ def connect(settings: Settings) -> aioredis.Redis:
         socket_timeout=settings.block_ms / 1000 + _SOCKET_MARGIN_S,
         health_check_interval=30,
         retry=Retry(NoBackoff(), retries=0),
+        **tls_options(settings),
     )
 
 

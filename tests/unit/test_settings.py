@@ -109,6 +109,10 @@ BAD_VALUES = {
     "SHUTDOWN_GRACE_S": ("-1", "greater than or equal to 0"),
     "LOG_PROGRESS_INTERVAL_S": ("0", "greater than 0"),
     "AAM_CONNECTORS_FILE": (None, None),  # any path is accepted here; the file is checked on load
+    # REDIS_URL unset (redis://): a TLS file is refused; the others: tests/unit/test_tls_settings
+    "REDIS_TLS_CA": ("/etc/ca.pem", "REDIS_URL must be rediss://"),
+    "REDIS_TLS_CERT": ("/etc/client.pem", "REDIS_URL must be rediss://"),
+    "REDIS_TLS_KEY": ("/etc/client.key", "REDIS_TLS_CERT and REDIS_TLS_KEY go together"),
 }
 
 
