@@ -131,7 +131,8 @@ class SingerConnector(Connector):
 
     def reads_in_full(self, table: TableSpec, cursor: str | None) -> bool:
         """Whether the last read of the table had the tap send ACTIVATE_VERSION for it (a
-        FULL_TABLE sync); a read from no state is not one by itself (a tap's start_date)."""
+        FULL_TABLE sync); a read from no state is not one by itself (a tap's start_date).
+        Known only once the read has ended, which is when the bridge asks."""
         return table.name in self._full
 
     async def read(self, table: TableSpec, cursor: str | None) -> AsyncIterator[Page]:
