@@ -227,6 +227,18 @@ async def test_a_malformed_line_fails_naming_file_and_line_and_the_run_stays_at_
         await pages(connector, table, got[-1].cursor)
 
 
+async def test_a_file_removed_after_the_read_listed_it_is_skipped(tmp_path: Path) -> None:
+    write(tmp_path / "a.csv", CSV_HEADER + csv_rows(0, 3), 1_700_000_000)
+    write(tmp_path / "b.csv", CSV_HEADER + csv_rows(3, 3), 1_700_000_100)
+    connector = files(tmp_path / "*.csv", table="t", page_size=2)
+    read = connector.read(await only_table(connector), None)
+    first = await anext(read)
+    (tmp_path / "b.csv").unlink()
+    rest = [page async for page in read]
+    assert [r["id"] for r in records([first, *rest])] == ["0", "1", "2"]
+    assert list(json.loads(cursor_of(rest))["files"]) == [str(tmp_path / "a.csv")]
+
+
 async def test_a_truncated_gz_file_fails_naming_it(tmp_path: Path) -> None:
     data = gzip.compress(b'{"id": 1}\n' * 1000)
     (tmp_path / "a.jsonl.gz").write_bytes(data[: len(data) // 2])

@@ -190,6 +190,15 @@ def running(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
+async def test_a_tap_that_cannot_be_started_fails_naming_options_command(tmp_path: Path) -> None:
+    connector = SingerConnector(
+        ConnectorConfig("legacy", "singer", "x", None, {"command": [str(tmp_path / "tap-none")]})
+    )
+    async with opened(connector):
+        with pytest.raises(ConnectorError, match=r"cannot start .*tap-none.*check options.command"):
+            await connector.tables()
+
+
 async def test_a_bad_line_fails_naming_its_line_number(tmp_path: Path) -> None:
     """Line 1 SCHEMA, 2-8 records, 9 STATE, 10-12 records, 13 the bad line."""
     async with opened(tiny(tmp_path, bad_line_after_records=10)) as connector:

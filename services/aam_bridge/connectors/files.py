@@ -224,12 +224,18 @@ class FileConnector(Connector):
         """The file's pages from ``start``; with ``pin``, first an empty one whose cursor
         names the file, so that a run resumed from any of its pages goes on with it."""
         started = time.monotonic()
-        reader = await self._open(path, start)
-        restarted = reader is None
-        if reader is None:  # its content up to ``start`` changed: a file of its own now
-            start = Position()
+        try:
             reader = await self._open(path, start)
-            assert reader is not None
+            restarted = reader is None
+            if reader is None:  # its content up to ``start`` changed: a file of its own now
+                start = Position()
+                reader = await self._open(path, start)
+                assert reader is not None
+        except FileNotFoundError:  # removed since it was listed: as if it never was
+            log.warning("file_gone", connector=self.config.name, table=table, file=path)
+            state.files.pop(path, None)
+            state.at = None
+            return
         try:
             state.at = (path, start)
             if pin:
@@ -263,6 +269,8 @@ class FileConnector(Connector):
         try:
             if await asyncio.to_thread(reader.open, start):
                 return reader
+        except FileNotFoundError:
+            raise
         except OSError as exc:
             await asyncio.to_thread(reader.close)
             raise ConnectorError(f"{self.where}: cannot read {path}: {exc.strerror}") from exc
