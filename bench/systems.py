@@ -83,19 +83,19 @@ class AamBridge:
     """The bridge's publishing path: one sync run over pre-built pages."""
 
     def __init__(self, params: dict[str, Any]) -> None:
-        from aam_bridge.sync import SyncRunner
-        from aam_dcl.redis_conn import connect
-
         extra = {"stream_maxlen": params["maxlen"]} if params.get("maxlen") else {}
         if params.get("profile") is None:
             extra["batch_chunk_size"] = params["chunk"]
         self.settings = product_settings(params, **extra)
-        self.redis = connect(self.settings)
         workload = Workload(params["records"], self.settings.batch_chunk_size)
         self.connector = PagesConnector(workload.pages(), params.get("pages_per_s"))
-        self.runner = SyncRunner(self.settings, self.redis, self.connector)
 
     async def setup(self) -> None:
+        from aam_bridge.sync import SyncRunner
+        from aam_dcl.redis_conn import connect
+
+        self.redis = await connect(self.settings)
+        self.runner = SyncRunner(self.settings, self.redis, self.connector)
         await self.redis.ping()
 
     async def run(self) -> dict[str, Any]:
@@ -115,10 +115,8 @@ class AamWorker:
     """
 
     def __init__(self, params: dict[str, Any]) -> None:
-        from aam_dcl.redis_conn import connect
         from dcl_worker import metrics
         from dcl_worker.sinks.registry import create_sink
-        from dcl_worker.worker import Worker
 
         self.params = params
         self.settings = product_settings(
@@ -127,10 +125,8 @@ class AamWorker:
             discovery_interval_s=0.05,
             block_ms=params.get("block_ms", 2000),
         )
-        self.redis = connect(self.settings)
         self.sink = create_sink(self.settings.sink_url, TENANT)
         self.stopping = asyncio.Event()
-        self.worker = Worker(self.settings, self.redis, self.sink, self.stopping)
         self.labels = {"tenant": TENANT, "connector": CONNECTOR, "outcome": "processed"}
         self.records_metric = metrics.RECORDS
         self.latencies_s: list[float] = []
@@ -153,6 +149,11 @@ class AamWorker:
         return 0.0
 
     async def setup(self) -> None:
+        from aam_dcl.redis_conn import connect
+        from dcl_worker.worker import Worker
+
+        self.redis = await connect(self.settings)
+        self.worker = Worker(self.settings, self.redis, self.sink, self.stopping)
         await self.redis.ping()
         await self.sink.open()  # Worker.run opens it again: a no-op for an open sink
 

@@ -33,7 +33,7 @@ async def serve(
     if configs is None:
         configs = load_connectors(settings.connectors_file, settings.tenant_id)
     connectors = [create(config) for config in configs]
-    client = connect(settings)
+    client = await connect(settings)
     bridge = Bridge(settings, client, connectors, stopping)
     try:
         async with health_server(

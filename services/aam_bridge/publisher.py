@@ -25,7 +25,6 @@ import asyncio
 import time
 from collections.abc import Mapping
 
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
@@ -35,6 +34,7 @@ from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.legacy import rename_legacy_keys
 from aam_dcl.messages import PAYLOAD_FIELD
+from aam_dcl.redis_conn import RedisClient
 from aam_dcl.streams import create_group, entry_id_key, read_streams
 
 log = structlog.get_logger("aam_bridge.publisher")
@@ -61,7 +61,7 @@ NODE_SLACK = 200
 
 
 class Publisher:
-    def __init__(self, settings: Settings, client: aioredis.Redis, connector: str) -> None:
+    def __init__(self, settings: Settings, client: RedisClient, connector: str) -> None:
         self.settings = settings
         self.redis = client
         self.connector = connector

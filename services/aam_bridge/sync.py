@@ -16,7 +16,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
@@ -28,6 +27,7 @@ from aam_bridge.publisher import Publisher
 from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.progress import Progress
+from aam_dcl.redis_conn import RedisClient
 from aam_dcl.streams import as_text
 
 log = structlog.get_logger("aam_bridge.sync")
@@ -125,7 +125,7 @@ class RunResult:
 
 
 class SyncRunner:
-    def __init__(self, settings: Settings, client: aioredis.Redis, connector: Connector) -> None:
+    def __init__(self, settings: Settings, client: RedisClient, connector: Connector) -> None:
         self.settings = settings
         self.redis = client
         self.connector = connector

@@ -20,7 +20,7 @@ from aam_dcl.config import Settings, load_settings
 from aam_dcl.errors import ConfigError
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
+    from aam_dcl.redis_conn import RedisClient
 
 T = TypeVar("T")
 
@@ -80,7 +80,7 @@ connector_option = click.option(
 )
 
 
-def _ops(ctx: click.Context, fn: Callable[[aioredis.Redis, str], Awaitable[T]]) -> T:
+def _ops(ctx: click.Context, fn: Callable[[RedisClient, str], Awaitable[T]]) -> T:
     """Run ``fn(client, tenant)`` against REDIS_URL; map Redis and ops errors to one
     ``Error: ...`` line and exit code 1 (never a traceback)."""
     from aam_dcl.redis_conn import connect
@@ -88,7 +88,7 @@ def _ops(ctx: click.Context, fn: Callable[[aioredis.Redis, str], Awaitable[T]]) 
     settings = _tenant_settings(ctx)
 
     async def call() -> T:
-        client = connect(settings)
+        client = await connect(settings)
         try:
             return await fn(client, settings.tenant_id)
         finally:
@@ -110,6 +110,8 @@ def _redis_errors(settings: Settings) -> Iterator[None]:
         yield
     except OperationRefused as exc:
         raise click.ClickException(str(exc)) from None
+    except ConfigError as exc:  # REDIS_URL unfit for what the server is (a cluster's /db)
+        raise click.ClickException(f"configuration error: {exc}") from None
     except (RedisError, OSError) as exc:
         url = redacted_url(settings.effective_redis_url)
         text = " ".join(f"Redis at {url}: {exc}".split())  # one line, whatever Redis said

@@ -26,7 +26,7 @@ from aam_dcl_cli.app import (
 )
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
+    from aam_dcl.redis_conn import RedisClient
 
 
 @main.command()
@@ -69,7 +69,7 @@ def watch(ctx: click.Context, interval_s: float, once: bool, as_json: bool) -> N
     console = Console()
     live_view = console.is_terminal and not once and not as_json
 
-    async def loop(client: aioredis.Redis, tenant: str) -> None:
+    async def loop(client: RedisClient, tenant: str) -> None:
         previous = await w.sample(client, tenant)
         if live_view:
             from rich.live import Live

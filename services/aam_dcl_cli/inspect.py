@@ -5,11 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from aam_dcl import keys
 from aam_dcl.config import Settings
-from aam_dcl.redis_conn import connect
+from aam_dcl.redis_conn import RedisClient, connect
 from aam_dcl.streams import StreamState, read_streams, scan_streams
 
 
@@ -46,11 +44,9 @@ def stream_status(
     }
 
 
-async def collect_status(
-    settings: Settings, client: aioredis.Redis | None = None
-) -> dict[str, Any]:
+async def collect_status(settings: Settings, client: RedisClient | None = None) -> dict[str, Any]:
     own = client is None
-    client = client or connect(settings)
+    client = client or await connect(settings)
     try:
         tenant = settings.tenant_id
         scan = await scan_streams(client, tenant)

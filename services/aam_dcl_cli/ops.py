@@ -1,9 +1,10 @@
 """The operator's commands on a tenant's Redis state: dead letters, pending, pause/resume.
 
 Every function takes a Redis client and a tenant and returns plain data (dataclasses); the
-``aam-dcl`` CLI only formats it. Writes that must happen together run in one MULTI, under
-WATCH where a concurrent change would make them wrong (docs/operations-cli.md). The safe
-trim is in ``aam_dcl_cli.trim``, the per-tenant ACL rules in ``aam_dcl.acl``.
+``aam-dcl`` CLI only formats it. Writes that must happen together run in one script or MULTI
+on keys of one slot (so on a Redis Cluster too); steps that span slots run in an order that
+makes any prefix safe (docs/operations-cli.md). The safe trim is in ``aam_dcl_cli.trim``,
+the per-tenant ACL rules in ``aam_dcl.acl``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import WatchError
 
 from aam_dcl import keys, messages
 from aam_dcl.dead_letter import DeadLetter
 from aam_dcl.errors import AamDclError
+from aam_dcl.redis_conn import RedisClient
 from aam_dcl.streams import (
     as_text,
     entry_id_key,
@@ -30,7 +30,7 @@ from aam_dcl.streams import (
     scan_streams,
 )
 
-PAGE = 100  # dead letters per MULTI when replaying or purging --all
+PAGE = 100  # dead letters per script call when replaying or purging --all
 WATCH_RETRIES = 20
 
 
@@ -58,7 +58,7 @@ class DeadLetterList:
 
 
 async def list_dead_letters(
-    client: aioredis.Redis, tenant: str, connector: str | None = None, limit: int = 50
+    client: RedisClient, tenant: str, connector: str | None = None, limit: int = 50
 ) -> DeadLetterList:
     """The oldest ``limit`` dead letters (of one connector, or all), with per-connector totals."""
     connectors = [connector] if connector else await scan_dead_letter_streams(client, tenant)
@@ -77,7 +77,7 @@ async def list_dead_letters(
 
 
 async def get_dead_letter(
-    client: aioredis.Redis, tenant: str, connector: str, entry_id: str
+    client: RedisClient, tenant: str, connector: str, entry_id: str
 ) -> DeadLetter:
     check_ids([entry_id])
     rows = await client.xrange(keys.dead_letter_stream(tenant, connector), entry_id, entry_id)
@@ -100,29 +100,29 @@ class DeadLetterChange:
 
 
 async def replay_dead_letters(
-    client: aioredis.Redis, tenant: str, connector: str, entry_ids: Sequence[str] | None
+    client: RedisClient, tenant: str, connector: str, entry_ids: Sequence[str] | None
 ) -> DeadLetterChange:
-    """Re-publish dead letters' payloads to the connector stream and delete them, atomically.
+    """Re-publish dead letters' payloads to the connector stream and delete them.
 
     ``entry_ids`` None replays every dead letter present when the call starts (not those that
-    a replay makes fail again). Per dead letter, one MULTI: take its batch id out of the
-    processed SET and expiry ZSET if it is there (so the store's inbox, not the cache,
-    decides whether it was applied), XADD its payload to ``aam:dcl:{tenant}:{connector}``,
-    XDEL it. It runs under WATCH of the dead-letter stream and re-reads the entries, so two
+    a replay makes fail again). A page of dead letters is read, their batch ids are taken out
+    of the processed SET and expiry ZSET (so the store's inbox, not the cache, decides
+    whether each was applied), then one script on the stream's slot re-publishes the payload
+    of each dead letter still there to ``aam:dcl:{tenant}:{connector}`` and XDELs it: two
     operators replaying at once cannot both re-publish the same dead letter.
     """
     return await _change_dead_letters(client, tenant, connector, entry_ids, replay=True)
 
 
 async def purge_dead_letters(
-    client: aioredis.Redis, tenant: str, connector: str, entry_ids: Sequence[str] | None
+    client: RedisClient, tenant: str, connector: str, entry_ids: Sequence[str] | None
 ) -> DeadLetterChange:
     """Delete dead letters (``None``: every one present when the call starts)."""
     return await _change_dead_letters(client, tenant, connector, entry_ids, replay=False)
 
 
 async def _change_dead_letters(
-    client: aioredis.Redis,
+    client: RedisClient,
     tenant: str,
     connector: str,
     entry_ids: Sequence[str] | None,
@@ -153,7 +153,7 @@ async def _change_dead_letters(
 
 
 async def _change_page(
-    client: aioredis.Redis,
+    client: RedisClient,
     tenant: str,
     connector: str,
     ids: list[str],
@@ -161,49 +161,73 @@ async def _change_page(
     replay: bool,
 ) -> None:
     dlq = keys.dead_letter_stream(tenant, connector)
-    for _ in range(WATCH_RETRIES):
-        async with client.pipeline(transaction=True) as pipe:
-            await pipe.watch(dlq)
-            found: list[DeadLetter] = []
-            for entry_id in ids:
-                rows = await pipe.xrange(dlq, entry_id, entry_id)
-                if rows:
-                    found.append(DeadLetter.from_entry(connector, rows[0][0], rows[0][1]))
-            pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-            for dead in found:
-                if replay:
-                    _queue_replay(pipe, tenant, connector, dead)
-                pipe.xdel(dlq, dead.entry_id)
-            try:
-                replies = await pipe.execute() if found else []
-            except WatchError:
-                continue  # the worker added a dead letter, or another operator acted: re-read
-        present = {d.entry_id for d in found}
-        result.missing += [i for i in ids if i not in present]
-        result.done += [d.entry_id for d in found]
+    pipe = client.pipeline(transaction=False)
+    for entry_id in ids:
+        pipe.xrange(dlq, entry_id, entry_id)
+    found = [DeadLetter.from_entry(connector, r[0][0], r[0][1]) for r in await pipe.execute() if r]
+    settled: dict[str, Any] = {}
+    unmarked: set[str] = set()
+    if found:
         if replay:
-            _collect_replay(found, replies, result)
-        return
-    raise OperationRefused(f"{dlq} kept changing during {WATCH_RETRIES} attempts; try again")
+            unmarked = await _unmark(client, tenant, found)
+        # Step 2, on the stream's slot: each dead letter that is still there, at once
+        # re-published (replay) and deleted; an operator who got there first leaves it missing.
+        args = [1 if replay else 0, messages.PAYLOAD_FIELD, *(d.entry_id for d in found)]
+        replies = await client.eval(_SETTLE, 2, dlq, keys.stream(tenant, connector), *args)
+        settled = {d.entry_id: reply for d, reply in zip(found, replies, strict=True) if reply}
+    result.missing += [i for i in ids if i not in settled]
+    result.done += [i for i in ids if i in settled]
+    if replay:
+        result.new_ids += [as_text(settled[i]) for i in ids if i in settled]
+        result.unmarked += [d.batch_id for d in found if d.entry_id in settled.keys() & unmarked]
 
 
-def _queue_replay(pipe: Any, tenant: str, connector: str, dead: DeadLetter) -> None:
-    if dead.batch_id:
+async def _unmark(client: RedisClient, tenant: str, found: list[DeadLetter]) -> set[str]:
+    """Step 1 of a replay, on the processed set's slot: the dead letters' batch ids out of the
+    processed SET (and its expiry ZSET); the entry ids of those whose batch id was in it.
+
+    This step comes first because its prefix is safe and the other order's is not. Taken out
+    and then not re-published (a crash, another operator's replay got there first), an id
+    only makes the worker ask the store's inbox, which knows the batch: nothing is applied
+    twice. Re-published while still in the set, the entry could be read, found processed and
+    acked before the id went: the replay would be lost.
+    """
+    marked = [d for d in found if d.batch_id]
+    if not marked:
+        return set()
+    pipe = client.pipeline(transaction=False)  # in order on one connection: the set first
+    for dead in marked:
         pipe.srem(keys.processed_set(tenant), dead.batch_id)
-        pipe.zrem(keys.processed_expiry(tenant), dead.batch_id)
-    # No MAXLEN here: trimming while re-publishing could cut entries the group has not read.
-    pipe.xadd(keys.stream(tenant, connector), messages.entry(dead.payload))
+    pipe.zrem(keys.processed_expiry(tenant), *(d.batch_id for d in marked))
+    *removed, _ = await pipe.execute()
+    return {d.entry_id for d, gone in zip(marked, removed, strict=True) if gone}
 
 
-def _collect_replay(found: list[DeadLetter], replies: list[Any], result: DeadLetterChange) -> None:
-    i = 0
-    for dead in found:
-        if dead.batch_id:
-            if replies[i]:
-                result.unmarked.append(dead.batch_id)
-            i += 2
-        result.new_ids.append(as_text(replies[i]))
-        i += 2  # XADD, XDEL
+# KEYS: dead-letter stream, connector stream. ARGV: replay (1|0), the payload field, entry ids.
+# Per id: false when the dead letter is gone, else (replay) the re-published entry's id or 1,
+# after XDEL. No MAXLEN on the XADD: trimming while re-publishing could cut entries the group
+# has not read.
+_SETTLE = """
+local out = {}
+for i = 3, #ARGV do
+  local rows = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
+  if #rows == 0 then
+    out[#out + 1] = false
+  else
+    local done = 1
+    if ARGV[1] == '1' then
+      local fields, payload = rows[1][2], ''
+      for j = 1, #fields, 2 do
+        if fields[j] == ARGV[2] then payload = fields[j + 1] end
+      end
+      done = redis.call('XADD', KEYS[2], '*', ARGV[2], payload)
+    end
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    out[#out + 1] = done
+  end
+end
+return out
+"""
 
 
 # --- pending -----------------------------------------------------------------------------------
@@ -240,7 +264,7 @@ class PendingReport:
 
 
 async def pending_report(
-    client: aioredis.Redis, tenant: str, connector: str | None = None, limit: int = 10
+    client: RedisClient, tenant: str, connector: str | None = None, limit: int = 10
 ) -> list[PendingReport]:
     """Per stream: who holds what (XPENDING summary + XINFO CONSUMERS), the oldest entries."""
     connectors = [connector] if connector else (await scan_streams(client, tenant)).connectors
@@ -283,7 +307,7 @@ async def pending_report(
     return reports
 
 
-async def _group_info(client: aioredis.Redis, stream: str, group: str) -> dict[str, Any] | None:
+async def _group_info(client: RedisClient, stream: str, group: str) -> dict[str, Any] | None:
     if not await client.exists(stream):
         return None
     for info in await client.xinfo_groups(stream):
@@ -305,7 +329,7 @@ def operator() -> str:
 
 
 async def pause(
-    client: aioredis.Redis, tenant: str, by: str, reason: str = ""
+    client: RedisClient, tenant: str, by: str, reason: str = ""
 ) -> dict[str, Any] | None:
     """Set the pause flag (workers stop reading within ~2 s); returns the previous flag."""
     value = orjson.dumps({"by": by, "at_ms": int(time.time() * 1000), "reason": reason})
@@ -313,7 +337,7 @@ async def pause(
     return _flag(previous)
 
 
-async def resume(client: aioredis.Redis, tenant: str) -> dict[str, Any] | None:
+async def resume(client: RedisClient, tenant: str) -> dict[str, Any] | None:
     """Delete the pause flag; returns it as it was (None: the tenant was not paused)."""
     async with client.pipeline(transaction=True) as pipe:
         pipe.get(keys.paused_flag(tenant))

@@ -8,10 +8,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from aam_dcl import keys
+from aam_dcl.redis_conn import RedisClient
 from aam_dcl.streams import as_text, scan_streams
 from aam_dcl_cli.ops import OperationRefused
 
@@ -48,7 +48,7 @@ class SyncRun:
         }
 
 
-async def sync_runs(client: aioredis.Redis, tenant: str) -> list[SyncRun]:
+async def sync_runs(client: RedisClient, tenant: str) -> list[SyncRun]:
     """Every connector with a sync state, by name."""
     names = []
     async for raw in client.scan_iter(match=keys.sync_state_pattern(tenant), count=1000):
@@ -86,7 +86,7 @@ def _run(connector: str, raw: dict[bytes, bytes]) -> SyncRun:
 
 
 async def request_sync(
-    client: aioredis.Redis, tenant: str, connector: str, *, full: bool, now: bool
+    client: RedisClient, tenant: str, connector: str, *, full: bool, now: bool
 ) -> None:
     """Ask the bridge for a full re-sync (its next run reads every table from the start)
     and/or a run now. Refused for a connector the tenant has neither a sync state nor a

@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from aam_dcl import keys
+from aam_dcl.redis_conn import RedisClient
 from aam_dcl.streams import GroupState, as_text, entry_id_key, next_id, read_streams
 from aam_dcl_cli.ops import WATCH_RETRIES, OperationRefused
 
@@ -96,7 +96,7 @@ class TrimReport:
 
 
 async def plan_trim(
-    client: aioredis.Redis,
+    client: RedisClient,
     tenant: str,
     connector: str,
     maxlen: int,
@@ -157,7 +157,7 @@ async def _group_cut(run: Any, report: TrimReport, group: GroupState, first_id: 
 
 
 async def trim(
-    client: aioredis.Redis,
+    client: RedisClient,
     tenant: str,
     connector: str,
     maxlen: int,
@@ -192,7 +192,7 @@ async def trim(
     raise OperationRefused(f"{stream} kept changing during {WATCH_RETRIES} attempts; try again")
 
 
-async def _actual_cut(client: aioredis.Redis, plan: TrimReport, new_first: str) -> None:
+async def _actual_cut(client: RedisClient, plan: TrimReport, new_first: str) -> None:
     """``~`` trims whole nodes only: count what survived between the new first entry and the
     planned cut point, and subtract it from the planned cut."""
     cut_end = plan.cut_end

@@ -12,9 +12,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from aam_dcl import keys
+from aam_dcl.redis_conn import RedisClient
 from aam_dcl.streams import read_streams, scan_streams
 
 
@@ -51,7 +50,7 @@ class Row:
         return asdict(self)
 
 
-async def sample(client: aioredis.Redis, tenant: str) -> Sample:
+async def sample(client: RedisClient, tenant: str) -> Sample:
     """One reading of every stream of the tenant (its group ``dcl_engine:{tenant}``)."""
     scan = await scan_streams(client, tenant)
     states = await read_streams(client, tenant, scan.connectors, dead_letters=True)

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -34,6 +33,7 @@ from aam_dcl.errors import (
 from aam_dcl.legacy import rename_legacy_keys
 from aam_dcl.messages import Batch, decode, fingerprints_conflict, payload_of
 from aam_dcl.progress import Progress
+from aam_dcl.redis_conn import RedisClient
 from aam_dcl.streams import create_group, entry_id_key
 from aam_dcl.waiting import Backoff, StopWaiter
 from dcl_worker import metrics
@@ -62,7 +62,7 @@ class StreamConsumer:
     def __init__(
         self,
         settings: Settings,
-        client: aioredis.Redis,
+        client: RedisClient,
         sink: Sink,
         connector: str,
         waits: StopWaiter,

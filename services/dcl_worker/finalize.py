@@ -15,10 +15,9 @@ letters are written before the ack. Standalone Redis runs the same two scripts.
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
 from aam_dcl import keys
 from aam_dcl.dead_letter import DeadLetter
+from aam_dcl.redis_conn import RedisClient
 
 # KEYS: processed SET, expiry ZSET. ARGV: now_ms, ttl_ms, <batch ids>
 _MARK_SCRIPT = """
@@ -70,7 +69,7 @@ DLQ_MAXLEN = 100_000
 class Finalizer:
     """Runs the two finalize steps for one tenant's connector stream."""
 
-    def __init__(self, client: aioredis.Redis, tenant: str, connector: str, ttl_s: int) -> None:
+    def __init__(self, client: RedisClient, tenant: str, connector: str, ttl_s: int) -> None:
         self._mark = client.register_script(_MARK_SCRIPT)
         self._settle = client.register_script(_STREAM_SCRIPT)
         self._processed = [keys.processed_set(tenant), keys.processed_expiry(tenant)]

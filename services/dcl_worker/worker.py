@@ -13,14 +13,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
 from aam_dcl import keys
 from aam_dcl.config import Settings
 from aam_dcl.errors import SinkUnavailable
-from aam_dcl.redis_conn import redis_problem
+from aam_dcl.redis_conn import RedisClient, redis_problem
 from aam_dcl.streams import read_streams, scan_streams
 from aam_dcl.waiting import Backoff, StopWaiter
 from dcl_worker import metrics
@@ -35,7 +34,7 @@ MONITOR_INTERVAL_S = 2.0
 
 class Worker:
     def __init__(
-        self, settings: Settings, client: aioredis.Redis, sink: Sink, stopping: asyncio.Event
+        self, settings: Settings, client: RedisClient, sink: Sink, stopping: asyncio.Event
     ) -> None:
         self.settings = settings
         self.redis = client

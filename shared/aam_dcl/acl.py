@@ -12,8 +12,13 @@ from aam_dcl import keys
 from aam_dcl.messages import PAYLOAD_FIELD
 
 # Connection set-up a client may send. Not CLIENT SETINFO: Redis 7.0 rejects the rule (it
-# came in 7.2); redis-py ignores the NOPERM it gets for it on connect.
-_CONNECTION = ["ping", "hello", "auth", "client|setname", "client|id"]
+# came in 7.2); redis-py ignores the NOPERM it gets for it on connect. CLUSTER INFO tells a
+# cluster (REDIS_CLUSTER=auto); the cluster client reads CLUSTER SLOTS and COMMAND (where a
+# command's keys are) and sends ASKING after an ASK redirection.
+_CONNECTION = [
+    "ping", "hello", "auth", "client|setname", "client|id", "cluster|info", "cluster|slots",
+    "command", "asking",
+]  # fmt: skip
 _TRANSACTION = ["multi", "exec", "discard", "watch", "unwatch"]
 
 ROLE_COMMANDS: dict[str, list[str]] = {
@@ -143,6 +148,10 @@ def probe_commands(
         "auth": [["AUTH", "permission-check", "permission-check"]],  # queued, never run
         "client|setname": [["CLIENT", "SETNAME", "aam-dcl-permission-check"]],
         "client|id": [["CLIENT", "ID"]],
+        "cluster|info": [["CLUSTER", "INFO"]],
+        "cluster|slots": [["CLUSTER", "SLOTS"]],
+        "command": [["COMMAND"]],
+        "asking": [["ASKING"]],
         "watch": each(streams, "WATCH", "{key}"),
         "unwatch": [["UNWATCH"]],
         "xadd": each(xadd_keys, "XADD", "{key}", "*", PAYLOAD_FIELD.decode(), "{}"),

@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     # --- the guide's variables -------------------------------------------------------------
     redis_url: str | None = _env("REDIS_URL", default=None)
     tenant_id: str = _env("TENANT_ID", default="default")
+    tenant_ids_csv: str = _env("TENANT_IDS", default="")
     use_aam_as_source: bool = _env("USE_AAM_AS_SOURCE", default=True)
     batch_chunk_size: int = _env("AAM_BATCH_CHUNK_SIZE", default=200, ge=1, le=100_000)
     max_samples_per_table: int = _env("AAM_MAX_SAMPLES_PER_TABLE", default=8, ge=0, le=1000)
@@ -114,6 +115,8 @@ class Settings(BaseSettings):
     delete_mode: Literal["soft", "hard"] = _env("DCL_DELETE_MODE", default="soft")
 
     # --- both daemons ------------------------------------------------------------------------
+    # auto: ask the server at start-up (CLUSTER INFO); true/false: decide without asking.
+    redis_cluster: Literal["auto", "true", "false"] = _env("REDIS_CLUSTER", default="auto")
     metrics_host: str = _env("METRICS_HOST", default="0.0.0.0")
     metrics_port: int | None = _env("METRICS_PORT", default=None, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _env("LOG_LEVEL", default="INFO")
@@ -140,10 +143,30 @@ class Settings(BaseSettings):
             raise ValueError(f"use {NAME_RULE}")
         return value
 
+    @field_validator("tenant_ids_csv")
+    @classmethod
+    def _names(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        bad = [n for n in names if not NAME_RE.match(n)]
+        if bad:
+            raise ValueError(f"{bad[0]!r}: use a comma-separated list of names ({NAME_RULE})")
+        if len(set(names)) != len(names):
+            raise ValueError("a tenant is named twice")
+        return ",".join(names)
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
         problem = None if value is None else redis_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _redis_cluster(cls, value: str, info: ValidationInfo) -> str:
+        url = info.data.get("redis_url")
+        problem = cluster_url_problem(url) if value == "true" and url else None
         if problem:
             raise ValueError(problem)
         return value
@@ -191,6 +214,15 @@ class Settings(BaseSettings):
     def ignore_groups(self) -> frozenset[str]:
         """AAM_IGNORE_GROUPS as a set of group names."""
         return frozenset(filter(None, (n.strip() for n in self.ignore_groups_csv.split(","))))
+
+    @property
+    def worker_tenants(self) -> list[str]:
+        """The tenants one dcl-worker serves: TENANT_IDS, else TENANT_ID."""
+        return self.tenant_ids_csv.split(",") if self.tenant_ids_csv else [self.tenant_id]
+
+    def for_tenant(self, tenant: str) -> Settings:
+        """These settings with ``tenant`` as TENANT_ID (one of a worker's tenants)."""
+        return self.model_copy(update={"tenant_id": tenant, "tenant_ids_csv": ""})
 
     @property
     def effective_redis_url(self) -> str:
@@ -346,6 +378,17 @@ def redis_url_problem(url: str) -> str | None:
         if not re.fullmatch(r"/?(\d{1,9}/?)?", unquote(parts.path)):
             return "the path must be the database number, like /0"
     return _redis_options_problem(scheme, parts.query)
+
+
+def cluster_url_problem(url: str) -> str | None:
+    """What makes REDIS_URL unfit for a Redis Cluster (TCP only, database 0 only), or None."""
+    if url.startswith("unix://"):
+        return "a Redis Cluster is reached over TCP: REDIS_URL must be redis:// or rediss://"
+    parts = urlsplit(url)
+    dbs = [unquote(parts.path).strip("/")] + [v for n, v in parse_qsl(parts.query) if n == "db"]
+    if any(db not in ("", "0") for db in dbs):
+        return "a Redis Cluster has database 0 only: end REDIS_URL with /0 (or no path)"
+    return None
 
 
 def _redis_options_problem(scheme: str, query: str) -> str | None:

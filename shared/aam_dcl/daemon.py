@@ -79,7 +79,9 @@ def _start(name: str, service: Service, role: str, connector_names: ConnectorNam
 
     async def preflight(settings: Settings) -> None:
         names = connector_names(settings) if connector_names else ()
-        await check_permissions(settings, role, names)
+        tenants = settings.worker_tenants if role == "worker" else [settings.tenant_id]
+        for tenant in tenants:  # a worker with TENANT_IDS serves each of them
+            await check_permissions(settings.for_tenant(tenant), role, names)
 
     try:
         uvloop.run(_main(name, settings, service, preflight))
@@ -110,7 +112,7 @@ async def check_permissions(settings: Settings, role: str, connectors: Sequence[
     on the tenant's keys, or Redis refuses the login; ConfigError when rediss:// fails on TLS
     (the certificates or the host name). Redis unreachable: logged, skipped (the daemon's
     loops wait for Redis as always; a denial then shows as NOPERM retries)."""
-    client = connect(settings)
+    client = await connect(settings)
     user = redis_user(client)
     try:
         denials = await denied_commands(client, role, settings.tenant_id, connectors)

@@ -4,6 +4,10 @@ Redis checks ACLs when a command is *queued* inside MULTI (Redis >= 6), so the c
 MULTI, every command of the daemon's role (``aam_dcl.acl.probe_commands``, built from the
 same ``ROLE_COMMANDS`` as ``aam-dcl acl``) against the tenant's real key names, then DISCARD:
 nothing runs, and each NOPERM reply names the denied command or key. All in one round trip.
+
+On a Redis Cluster every node has its own ACL users and a MULTI holds keys of one slot: each
+primary gets one MULTI … DISCARD frame per slot of the probes' keys it serves, and one frame
+of the keyless probes (all of one node's frames in one round trip).
 """
 
 from __future__ import annotations
@@ -11,11 +15,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
 from redis.exceptions import NoPermissionError, ResponseError
 
 from aam_dcl.acl import probe_commands
 from aam_dcl.errors import AamDclError
+from aam_dcl.redis_conn import RedisClient, is_cluster
+from aam_dcl.redis_conn import username as redis_user
+
+__all__ = ["Denial", "PermissionProblem", "denied_commands", "problem_line", "redis_user"]
+
+Probe = tuple[int, str, list[str]]  # (its place in the probes, command, argv)
 
 
 class PermissionProblem(AamDclError):
@@ -33,25 +44,72 @@ class Denial:
 
 
 async def denied_commands(
-    client: aioredis.Redis, role: str, tenant: str, connectors: Sequence[str]
+    client: RedisClient, role: str, tenant: str, connectors: Sequence[str]
 ) -> list[Denial]:
     """What the client's user may not send of what the ``role``'s daemon sends (empty: all
-    allowed). Raises RedisError/OSError when Redis cannot be asked (down, wrong password)."""
-    probes = probe_commands(role, tenant, connectors)
-    frame = [("multi", ["MULTI"]), *probes, ("discard", ["DISCARD"])]
-    # a connection of our own: the MULTI frame must not interleave with other commands
-    connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+    allowed), in the probes' order. Raises RedisError/OSError when Redis cannot be asked
+    (down, wrong password)."""
+    probes = [
+        (i, command, argv)
+        for i, (command, argv) in enumerate(
+            probe_commands(role, tenant, connectors, cluster=is_cluster(client))
+        )
+    ]
+    if isinstance(client, RedisCluster):
+        denied = await _cluster_denials(client, probes)
+    else:
+        # a connection of our own: the MULTI frame must not interleave with other commands
+        connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+        try:
+            denied = await _denials(connection, [probes])
+        finally:
+            await client.connection_pool.release(connection)
+    return list(dict.fromkeys(denial for _, denial in sorted(denied, key=lambda d: d[0])))
+
+
+async def _cluster_denials(client: RedisCluster, probes: list[Probe]) -> list[tuple[int, Denial]]:
+    await client.initialize()
+    keyless: list[Probe] = []
+    frames: dict[str, dict[int, list[Probe]]] = {}  # node name -> slot -> probes
+    for probe in probes:
+        key = _probe_key(probe[1], probe[2])
+        if key is None:
+            keyless.append(probe)
+            continue
+        slot = client.keyslot(key)
+        node = client.nodes_manager.get_node_from_slot(slot)
+        frames.setdefault(node.name, {}).setdefault(slot, []).append(probe)
+    denied = []
+    for node in client.get_primaries():
+        connection = node.acquire_connection()
+        try:
+            denied += await _denials(connection, [*frames.get(node.name, {}).values(), keyless])
+        finally:
+            node.release(connection)
+    return denied
+
+
+async def _denials(
+    connection: Connection, frames: Sequence[Sequence[Probe]]
+) -> list[tuple[int, Denial]]:
+    """Send MULTI, the probes, DISCARD for each frame, all in one round trip; the denials."""
+    sent: list[Probe] = [
+        step
+        for probes in frames
+        if probes
+        for step in [(-1, "multi", ["MULTI"]), *probes, (-1, "discard", ["DISCARD"])]
+    ]
     healthy = False
     try:
         await connection.send_packed_command(
-            connection.pack_commands([argv for _, argv in frame]), check_health=False
+            connection.pack_commands([argv for _, _, argv in sent]), check_health=False
         )
         denials = []
-        for command, argv in frame:
+        for i, command, argv in sent:
             try:
                 await connection.read_response()
             except NoPermissionError as exc:
-                denials.append(Denial(command, _denied_key(str(exc), argv)))
+                denials.append((i, Denial(command, _denied_key(str(exc), argv))))
             except ResponseError:
                 pass  # allowed, but refused for another reason (WATCH inside MULTI)
         healthy = True
@@ -59,7 +117,14 @@ async def denied_commands(
     finally:
         if not healthy:  # a half-read reply or an open MULTI must not go back to the pool
             await connection.disconnect()
-        await client.connection_pool.release(connection)
+
+
+def _probe_key(command: str, argv: Sequence[str]) -> str | None:
+    """The key a probe names (routes it on a cluster); None for keyless ones (SCAN's pattern
+    is no key)."""
+    if command == "scan":
+        return None
+    return next((a for a in argv[1:] if a.startswith(("aam:", "dcl:"))), None)
 
 
 def _denied_key(message: str, argv: Sequence[str]) -> str | None:
@@ -81,8 +146,3 @@ def problem_line(user: str, role: str, tenant: str, denials: Sequence[Denial]) -
         f"Redis user {user!r} may not run {denials[0].describe()}{more} "
         f"(tenant {tenant!r}); grant it with aam-dcl acl --tenant {tenant} --role {role}"
     )
-
-
-def redis_user(client: aioredis.Redis) -> str:
-    """The user the client logs in as (``default`` when the URL names none)."""
-    return str(client.connection_pool.connection_kwargs.get("username") or "default")

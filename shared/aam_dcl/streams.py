@@ -18,11 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ResponseError
 
 from aam_dcl import keys
+from aam_dcl.redis_conn import RedisClient
 
 log = structlog.get_logger("aam_dcl.streams")
 
@@ -58,7 +58,7 @@ def is_entry_id(text: str) -> bool:
 # --- groups ------------------------------------------------------------------------------------
 
 
-async def create_group(client: aioredis.Redis, stream: str, group: str) -> None:
+async def create_group(client: RedisClient, stream: str, group: str) -> None:
     """XGROUP CREATE stream group 0 MKSTREAM, tolerating a group that already exists."""
     try:
         await client.xgroup_create(stream, group, id="0", mkstream=True)
@@ -94,7 +94,7 @@ class StreamScan:
     ignored: list[IgnoredStream]  # sorted by key
 
 
-async def scan_streams(client: aioredis.Redis, tenant: str) -> StreamScan:
+async def scan_streams(client: RedisClient, tenant: str) -> StreamScan:
     """The tenant's connector streams (SCAN aam:dcl:{tenant}:* TYPE stream), and the streams
     there whose name is no connector's, each with the reason."""
     names: list[str] = []
@@ -117,7 +117,7 @@ async def scan_streams(client: aioredis.Redis, tenant: str) -> StreamScan:
     return StreamScan(sorted(names), sorted(ignored, key=lambda i: i.key))
 
 
-async def scan_dead_letter_streams(client: aioredis.Redis, tenant: str) -> list[str]:
+async def scan_dead_letter_streams(client: RedisClient, tenant: str) -> list[str]:
     """Connectors of the tenant that have a dead-letter stream (SCAN aam:dlq:{aam:dcl:t:*})."""
     found = set()
     async for key in client.scan_iter(
@@ -182,7 +182,7 @@ class StreamState:
 
 
 async def read_streams(
-    client: aioredis.Redis,
+    client: RedisClient,
     tenant: str,
     connectors: Sequence[str],
     *,
@@ -252,7 +252,7 @@ class _Replies:
         )
 
 
-async def _read_other_pending(client: aioredis.Redis, read: list[_Replies]) -> None:
+async def _read_other_pending(client: RedisClient, read: list[_Replies]) -> None:
     """The XPENDING summary of every group not read yet (one pipeline), into ``read``."""
     wanted = [
         (got, as_text(row["name"]))

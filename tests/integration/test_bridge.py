@@ -44,7 +44,7 @@ async def test_a_failing_connector_is_retried_and_its_run_resumed_without_gap_or
     config = ConnectorConfig("flaky", "flaky", "flaky-1", None, {})
     failed = {"tenant": "default", "connector": "flaky", "status": "failed"}
     failed_before = sample("aam_bridge_sync_runs_total", **failed)
-    client = connect(settings)
+    client = await connect(settings)
     try:
         bridge = Bridge(settings, client, [FlakyConnector(config)], asyncio.Event())
         with info_logs() as events:

@@ -67,7 +67,7 @@ def limited(settings: Settings) -> Settings:
 async def test_chunks_over_the_limit_are_split_and_the_worker_takes_every_piece(
     limited: Settings, redis: aioredis.Redis
 ) -> None:
-    client = connect(limited)
+    client = await connect(limited)
     try:
         result = await SyncRunner(limited, client, Texts([150] * 250)).run_once()
     finally:
@@ -92,7 +92,7 @@ async def test_a_run_killed_among_a_split_chunks_pieces_resends_them_identically
     calls (64 entries per call at most). The bridge dies between them: the checkpoint is still
     the chunk's start, and the resumed run sends the first 64 pieces again under the same ids
     with the same content (duplicates the worker drops), then the rest."""
-    runner = SyncRunner(limited, connect(limited), Texts([300] * 150, page=150))
+    runner = SyncRunner(limited, await connect(limited), Texts([300] * 150, page=150))
     assert runner.publisher.max_entries_per_call == 64
     real_publish, calls = runner.publisher.publish, 0
 
@@ -134,7 +134,7 @@ async def test_a_record_over_the_limit_on_its_own_is_rejected_and_the_run_goes_o
     before = rejected()
     sizes = [10] * 30
     sizes[17] = 5000
-    client = connect(limited)
+    client = await connect(limited)
     try:
         with recorded_logs() as events:
             result = await SyncRunner(limited, client, Texts(sizes)).run_once()

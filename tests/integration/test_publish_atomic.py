@@ -68,7 +68,7 @@ async def test_a_stream_that_refuses_xadd_leaves_the_checkpoint_and_loses_nothin
     stream = keys.stream("default", "items")
     await redis.xadd(stream, {"payload": b"{}"}, id=LAST_POSSIBLE_ID)
     errors_before = sample("aam_bridge_publish_errors_total", **ITEMS)
-    client = connect(settings)
+    client = await connect(settings)
     try:
         with pytest.raises(ResponseError, match="last possible ID"):
             await runner(settings, client).run_once()
@@ -96,7 +96,7 @@ async def test_a_maxlen_redis_refuses_leaves_the_checkpoint_and_loses_nothing(
     bad = settings.model_copy(
         update={"batch_chunk_size": 20, "trim_policy": "trim", "stream_maxlen": 10**23}
     )
-    client = connect(bad)
+    client = await connect(bad)
     try:
         with pytest.raises(ResponseError):
             await runner(bad, client).run_once()
@@ -121,7 +121,7 @@ async def test_the_stream_length_gauge_is_the_length_after_the_last_publish(
     settings = settings.model_copy(update={"batch_chunk_size": 20, "trim_policy": trim_policy})
     gauge = metrics.STREAM_LENGTH.labels("default", "items")
     gauge.set(-1)
-    client = connect(settings)
+    client = await connect(settings)
     try:
         await runner(settings, client).run_once()
     finally:
@@ -150,7 +150,7 @@ async def test_a_bridge_whose_publish_fails_logs_the_failure_and_retries(
 
     before = runs("failed")
     succeeded_before = runs("succeeded")
-    client = connect(settings)
+    client = await connect(settings)
     connector = Items(ConnectorConfig("items", "items", "i", None, {}))
     bridge = Bridge(settings, client, [connector], asyncio.Event())
     task = asyncio.create_task(bridge.run())

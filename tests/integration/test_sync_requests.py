@@ -36,7 +36,7 @@ async def bridge(settings: Settings) -> AsyncIterator[Bridge]:
     config = ConnectorConfig(
         "crm", "demo", "crm-1", schedule_s=3600, options={"records": RECORDS, "seed": 3}
     )
-    client = connect(settings)
+    client = await connect(settings)
     stopping = asyncio.Event()
     running = Bridge(settings, client, [DemoConnector(config)], stopping)
     task = asyncio.create_task(running.run())
@@ -120,7 +120,7 @@ async def test_a_failed_run_is_recorded_with_its_error(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
     config = ConnectorConfig("crm", "demo", "crm-1", schedule_s=None, options={"records": 1})
-    client = connect(settings)
+    client = await connect(settings)
     stopping = asyncio.Event()
     task = asyncio.create_task(Bridge(settings, client, [Broken(config)], stopping).run())
 

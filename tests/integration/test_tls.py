@@ -90,7 +90,7 @@ def mutual_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
 
 async def test_an_unknown_certificate_is_refused(tls_server: tuple[int, Path]) -> None:
     port, _ = tls_server
-    client = connect(Settings(redis_url=f"rediss://127.0.0.1:{port}/0"))
+    client = await connect(Settings(redis_url=f"rediss://127.0.0.1:{port}/0"))
     try:
         with pytest.raises(RedisConnectionError, match="certificate verify failed"):
             await client.ping()
@@ -100,7 +100,7 @@ async def test_an_unknown_certificate_is_refused(tls_server: tuple[int, Path]) -
 
 async def test_a_certificate_from_the_given_ca_is_accepted(tls_server: tuple[int, Path]) -> None:
     port, ca = tls_server
-    client = connect(Settings(redis_url=f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"))
+    client = await connect(Settings(redis_url=f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"))
     try:
         assert await redis_problem(client) is None
         assert await client.xadd("aam:dcl:default:tls", {"payload": b"{}"})

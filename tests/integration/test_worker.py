@@ -218,7 +218,7 @@ async def test_a_batch_reclaimed_from_a_slow_consumer_is_applied_once(
     stopping = asyncio.Event()
     slow = SlowSink(create_sink(pg_sink_url, "default"), delay_s=1.5)
     fast = create_sink(pg_sink_url, "default")
-    clients = [connect(settings), connect(settings)]
+    clients = [await connect(settings), await connect(settings)]
     a = Worker(settings.model_copy(update={"consumer_name": "slow-a"}), clients[0], slow, stopping)
     task_a = asyncio.create_task(a.run())
     await wait_until(lambda: _true(slow.writes > 0), what="A to start its slow write")

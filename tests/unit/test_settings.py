@@ -81,6 +81,7 @@ def test_explicit_variable_wins_over_profile(monkeypatch: pytest.MonkeyPatch) ->
 
 BAD_VALUES = {
     "REDIS_URL": ("http://redis:6379", "redis://"),
+    "REDIS_CLUSTER": ("yes", "'auto', 'true' or 'false'"),
     "TENANT_ID": ("acme:corp", "letters, digits"),
     "USE_AAM_AS_SOURCE": ("maybe", "boolean"),
     "AAM_BATCH_CHUNK_SIZE": ("0", "greater than or equal to 1"),
@@ -135,6 +136,28 @@ def test_bad_value_gives_one_line_naming_variable_value_and_rule(
     assert "\n" not in message
     assert message.startswith(f"{name}={value!r} is invalid:"), message
     assert rule in message, message
+
+
+@pytest.mark.parametrize(
+    ("url", "rule"),
+    [
+        ("redis://localhost:6379/3", "a Redis Cluster has database 0 only"),
+        ("redis://localhost:6379/0?db=2", "a Redis Cluster has database 0 only"),
+        ("unix:///run/redis.sock", "a Redis Cluster is reached over TCP"),
+    ],
+)
+def test_redis_cluster_true_refuses_a_url_no_cluster_can_serve(
+    monkeypatch: pytest.MonkeyPatch, url: str, rule: str
+) -> None:
+    """REDIS_CLUSTER=true with a database other than 0, or a socket: one line at start-up
+    (redis-py's cluster client would refuse it only at its first connection)."""
+    monkeypatch.setenv("REDIS_URL", url)
+    monkeypatch.setenv("REDIS_CLUSTER", "true")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value).startswith("REDIS_CLUSTER='true' is invalid: " + rule), info.value
+    monkeypatch.setenv("REDIS_CLUSTER", "auto")  # asked at start-up: a standalone URL is fine
+    assert load_settings().redis_cluster == "auto"
 
 
 # Upper bounds, and values the first table's one case per variable does not cover: every URL
