@@ -83,6 +83,7 @@ BAD_VALUES = {
     "REDIS_URL": ("http://redis:6379", "redis://"),
     "REDIS_CLUSTER": ("yes", "'auto', 'true' or 'false'"),
     "TENANT_ID": ("acme:corp", "letters, digits"),
+    "TENANT_IDS": ("acme,acme", "named twice"),
     "USE_AAM_AS_SOURCE": ("maybe", "boolean"),
     "AAM_BATCH_CHUNK_SIZE": ("0", "greater than or equal to 1"),
     "AAM_MAX_SAMPLES_PER_TABLE": ("-1", "greater than or equal to 0"),
