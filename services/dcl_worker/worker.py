@@ -74,6 +74,10 @@ class Worker:
             self.waits.close()
 
     async def _open_sink(self) -> bool:
+        """Open the sink, retrying SinkUnavailable (the store not reachable yet) with backoff
+        until stopping. A ConfigError (a store that can never work: no such database, a
+        refused role, a missing privilege, another tenant's schema) is not caught: it ends
+        run(), and the daemon prints it as one line and exits 2 (aam_dcl.daemon)."""
         backoff = Backoff(cap_s=10.0)
         while not self.stopping.is_set():
             try:
