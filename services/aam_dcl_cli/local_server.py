@@ -50,6 +50,7 @@ class LocalServer:
     binary: str
     appendonly: bool = False
     appendfsync: str = "always"  # with appendonly: always | everysec | no
+    extra_args: tuple[str, ...] = ()  # more server options, e.g. a cluster node's
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -67,6 +68,7 @@ class LocalServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync,
             "--logfile", str(self.directory / "server.log"),
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
