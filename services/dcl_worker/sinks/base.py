@@ -104,7 +104,9 @@ class Sink(ABC):
 
         Raise SinkUnavailable if the store cannot be reached (retry), ConfigError if it can
         never work: a schema another tenant owns, a DuckDB path that is a directory or cannot
-        be written.
+        be written or a file that is no DuckDB database, a PostgreSQL database that does not
+        exist, a role or password it refuses, a privilege the user lacks (one line naming
+        DCL_SINK_URL, its password masked).
         """
 
     @abstractmethod
