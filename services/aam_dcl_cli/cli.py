@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 import orjson
 
+from aam_dcl.config import Settings
 from aam_dcl.errors import ConfigError
 from aam_dcl_cli.app import (
     _echo_json,
@@ -107,10 +108,14 @@ def config() -> None:
 @config.command("check")
 @tenant_option
 @click.option("--offline", is_flag=True, help="Do not try to reach REDIS_URL.")
+@click.option(
+    "--connect", is_flag=True, help="Also check that DCL_SINK_URL can work (read-only probe)."
+)
 @click.pass_context
-def config_check(ctx: click.Context, offline: bool) -> None:
+def config_check(ctx: click.Context, offline: bool, connect: bool) -> None:
     """Validate every variable and the connectors file; print the effective settings; check
-    that Redis answers as the configured user (unless --offline)."""
+    that Redis answers as the configured user (unless --offline) and, with --connect, that
+    the DCL store can work (database, credentials, privileges), starting nothing."""
     from aam_bridge.connectors_file import load_connectors
     from aam_dcl.logs import redacted_url
 
@@ -126,7 +131,21 @@ def config_check(ctx: click.Context, offline: bool) -> None:
     if not offline:
         _ops(ctx, lambda client, _: client.ping())
         click.echo(f"redis {redacted_url(settings.effective_redis_url)} answers")
+    if connect:
+        _check_sink(settings)
+        click.echo(f"sink {redacted_url(settings.sink_url)} can be written")
     click.echo("configuration OK")
+
+
+def _check_sink(settings: Settings) -> None:
+    from aam_dcl.errors import AamDclError
+    from dcl_worker.sinks.registry import create_sink
+
+    sink = create_sink(settings.sink_url, settings.tenant_id, max_columns=settings.max_columns)
+    try:
+        _run(sink.check)
+    except AamDclError as exc:
+        raise click.ClickException(f"DCL_SINK_URL: {exc}") from None
 
 
 @main.command()

@@ -8,9 +8,12 @@ import orjson
 
 from aam_dcl_cli.app import (
     _echo_json,
+    _ms,
     _ops,
     _run,
+    _table,
     _tenant_settings,
+    _when,
     json_option,
     main,
     tenant_option,
@@ -77,3 +80,98 @@ def preview(ctx: click.Context, connector: str, rows: int, as_json: bool) -> Non
             click.echo("  " + orjson.dumps(row, default=str).decode())
     if any(t.error for t in tables):
         ctx.exit(1)
+
+
+@main.command()
+@tenant_option
+@json_option
+@click.pass_context
+def tables(ctx: click.Context, as_json: bool) -> None:
+    """What landed: per store table its live and deleted rows, columns, key, last batch and
+    write; per connector its last sync run (from the bridge's state in Redis)."""
+    from aam_dcl.errors import AamDclError
+    from aam_dcl_cli.store import read_store, table_json
+    from aam_dcl_cli.syncs import sync_runs
+
+    settings = _tenant_settings(ctx)
+    try:
+        reports = _run(lambda: read_store(settings, lambda sink: sink.tables_report()))
+    except AamDclError as exc:
+        raise click.ClickException(str(exc)) from None
+    runs = _ops(ctx, sync_runs)
+    if as_json:
+        _echo_json(
+            {"tables": [table_json(r) for r in reports], "connectors": [r.to_json() for r in runs]}
+        )
+        return
+    header = ("TABLE", "LIVE", "DELETED", "COLUMNS", "KEY", "LAST BATCH", "LAST WRITE (UTC)")
+    rows = [
+        (
+            r.table, str(r.live_rows), str(r.deleted_rows), str(len(r.columns)),
+            ", ".join(r.primary_key) or "-", r.last_batch_id or "-",
+            r.last_write_at.strftime("%Y-%m-%d %H:%M:%S") if r.last_write_at else "-",
+        )
+        for r in reports
+    ]  # fmt: skip
+    click.echo(_table(header, rows) if rows else "no tables yet")
+    if runs:
+        click.echo("")
+        click.echo(
+            _table(
+                ("CONNECTOR", "LAST RUN", "STARTED (UTC)", "DURATION", "RECORDS", "NOW"),
+                [
+                    (
+                        r.connector, r.status or "-", _when(r.started_ms), _ms(r.duration_ms),
+                        "-" if r.records is None else str(r.records),
+                        "running" if r.running else ", ".join(r.requested) or "-",
+                    )
+                    for r in runs
+                ],
+            )
+        )  # fmt: skip
+
+
+@main.command()
+@tenant_option
+@click.argument("table")
+@json_option
+@click.pass_context
+def schema(ctx: click.Context, table: str, as_json: bool) -> None:
+    """One store table (``{connector}__{table}``, as `aam-dcl tables` names it): its columns
+    with their types, its key, and every schema change with the batch that made it."""
+    from aam_dcl.errors import AamDclError
+    from aam_dcl_cli.store import read_store, schema_json
+
+    settings = _tenant_settings(ctx)
+    try:
+        report = _run(lambda: read_store(settings, lambda sink: sink.schema_report(table)))
+    except AamDclError as exc:
+        raise click.ClickException(str(exc)) from None
+    if report is None:
+        raise click.ClickException(f"no table {table!r} in the store (aam-dcl tables lists them)")
+    if as_json:
+        _echo_json(schema_json(report))
+        return
+    info = report.table
+    click.echo(f"table {info.table} (connector {info.connector}, source table {info.source_table})")
+    click.echo(f"primary key: {', '.join(info.primary_key) or '-'}")
+    click.echo(f"rows: {info.live_rows} live, {info.deleted_rows} deleted")
+    click.echo(
+        _table(
+            ("COLUMN", "TYPE", "STORE TYPE"),
+            [(c.name, c.type, c.store_type) for c in report.columns],
+        )
+    )
+    click.echo("")
+    click.echo(
+        _table(
+            ("CHANGED (UTC)", "KIND", "COLUMN", "FROM", "TO", "BATCH"),
+            [
+                (
+                    h.changed_at.strftime("%Y-%m-%d %H:%M:%S"), h.kind, h.column or "-",
+                    h.old_type or "-", h.new_type or h.detail or "-", h.batch_id or "-",
+                )
+                for h in report.history
+            ],
+        )
+    )  # fmt: skip
