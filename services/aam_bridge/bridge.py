@@ -3,6 +3,12 @@
 A failed run is logged and retried with backoff; because the checkpoint lives in Redis, the
 retry resumes the interrupted run rather than starting over. Shutdown cancels the runs:
 that is safe at any point, since XADDs and their checkpoint are one all-or-nothing script.
+
+Several bridges may run: a connector is synced only by the replica holding its lease
+(``aam_bridge.lease``); the others poll for it every ``LEASE_POLL_S`` and take it when its
+holder dies or pauses past AAM_LEASE_TTL_MS. A run in progress learns that it lost the lease
+at its next write, which the fence refuses (``aam_bridge_fenced_writes_total``); an idle
+connector learns it from the renewal. Either way the replica goes back to waiting.
 """
 
 from __future__ import annotations
@@ -16,15 +22,17 @@ from redis.exceptions import RedisError
 
 from aam_bridge import metrics
 from aam_bridge.connectors.base import Connector
+from aam_bridge.lease import Lease
 from aam_bridge.sync import SyncRunner
 from aam_dcl.config import Settings
-from aam_dcl.errors import AamDclError
+from aam_dcl.errors import AamDclError, LeaseLost
 from aam_dcl.redis_conn import RedisClient, redis_problem
 from aam_dcl.waiting import Backoff, StopWaiter
 
 log = structlog.get_logger("aam_bridge")
 
 REQUEST_POLL_S = 1.0  # how often a sleeping connector looks for an operator's run request
+LEASE_POLL_S = 1.0  # how often a replica without a connector's lease tries to take it
 
 
 class Bridge:
@@ -78,11 +86,70 @@ class Bridge:
             tenant=self.settings.tenant_id, connector=config.name
         )
         runner = SyncRunner(self.settings, self.redis, connector)
+        metrics.init_connector(self.settings.tenant_id, config.name)
+        lease = Lease(self.settings, self.redis, config.name)
+        try:
+            while await self._acquire(lease):
+                runner.publisher.token = lease.token
+                log.info("lease_acquired", holder=lease.holder, token=lease.token)
+                lost = asyncio.Event()
+                keeper = asyncio.create_task(self._keep(lease, lost), name=f"lease:{config.name}")
+                try:
+                    if await self._run_while_held(connector, runner, lost):
+                        return  # schedule 'once': done
+                except LeaseLost as exc:
+                    log.warning("lease_lost", token=runner.publisher.token, error=str(exc))
+                finally:
+                    keeper.cancel()
+                    await asyncio.gather(keeper, return_exceptions=True)
+        finally:
+            with contextlib.suppress(RedisError, OSError):  # else it expires after the TTL
+                await lease.release()
+
+    async def _acquire(self, lease: Lease) -> bool:
+        """Wait until this replica holds the lease (True), or until stopping (False)."""
+        said = False
+        while not self.stopping.is_set():
+            try:
+                if await lease.acquire():
+                    return True
+            except (RedisError, OSError) as exc:
+                log.warning("lease_acquire_failed", error=str(exc), retry_in_s=LEASE_POLL_S)
+            else:
+                if not said:
+                    log.info("lease_held_elsewhere", poll_s=LEASE_POLL_S)
+                    said = True
+            await self.waits.sleep(LEASE_POLL_S)
+        return False
+
+    async def _keep(self, lease: Lease, lost: asyncio.Event) -> None:
+        """Renew the lease every third of its TTL until it is found lost (``lost`` set)."""
+        while True:
+            await asyncio.sleep(lease.renew_every_s)
+            try:
+                held = await lease.renew()
+            except (RedisError, OSError) as exc:  # the fence guards the writes meanwhile
+                log.warning("lease_renew_failed", error=str(exc))
+                continue
+            if not held:
+                log.warning(
+                    "lease_taken_over",
+                    hint="another bridge holds the lease (this one was paused or cut off past "
+                    "AAM_LEASE_TTL_MS); a run in progress stops at its next write",
+                )  # fmt: skip
+                lost.set()
+                return
+
+    async def _run_while_held(
+        self, connector: Connector, runner: SyncRunner, lost: asyncio.Event
+    ) -> bool:
+        """Run on the schedule while the lease is held: True when a 'once' connector is done,
+        False when the lease was lost while idle; LeaseLost when a write was refused."""
+        config = connector.config
         labels = (self.settings.tenant_id, config.name)
-        metrics.init_connector(*labels)
         backoff = Backoff(cap_s=60.0, base_s=0.5)
         opened = False
-        while not self.stopping.is_set():
+        while not self.stopping.is_set() and not lost.is_set():
             started = time.monotonic()
             started_at = time.time()
             try:
@@ -90,6 +157,8 @@ class Bridge:
                     await connector.open()
                     opened = True
                 result = await runner.run_once()
+            except LeaseLost:
+                raise
             except Exception as exc:
                 # One connector's failure (its source, Redis, or a bug in it) never stops the
                 # bridge or the other connectors: log, count, retry with backoff. The retry
@@ -106,7 +175,7 @@ class Bridge:
                 )  # fmt: skip
                 with contextlib.suppress(RedisError, OSError):  # Redis may be the failure
                     await runner.record_outcome("failed", started_at, error=str(exc))
-                await self.waits.sleep(delay)
+                await self._sleep_unless(lost, delay)
                 continue
             backoff.reset()
             metrics.SYNC_RUNS.labels(*labels, "succeeded").inc()
@@ -123,13 +192,20 @@ class Bridge:
                 duration_s=round(time.monotonic() - started, 3),
             )
             if config.schedule_s is None:
-                return
-            await self._until_due(runner, started + config.schedule_s)
+                return True
+            await self._until_due(runner, started + config.schedule_s, lost)
+        return False
 
-    async def _until_due(self, runner: SyncRunner, due: float) -> None:
+    async def _sleep_unless(self, lost: asyncio.Event, delay_s: float) -> None:
+        """Sleep ``delay_s``, less if the lease is lost or stopping is set meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await self.waits.wait_for(asyncio.wait_for(lost.wait(), delay_s))
+
+    async def _until_due(self, runner: SyncRunner, due: float, lost: asyncio.Event) -> None:
         """Sleep until ``due`` (monotonic), or until an operator asks for a run now
-        (``aam-dcl sync --now``, looked for every ``REQUEST_POLL_S``), or until stopping."""
-        while not self.stopping.is_set():
+        (``aam-dcl sync --now``, looked for every ``REQUEST_POLL_S``), or until stopping or
+        the lease is lost."""
+        while not self.stopping.is_set() and not lost.is_set():
             left = due - time.monotonic()
             if left <= 0:
                 return

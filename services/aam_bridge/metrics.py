@@ -11,6 +11,11 @@ _C = ("tenant", "connector")
 RECORDS_PUBLISHED = Counter("aam_bridge_records_published", "Records published.", _C)
 BATCHES_PUBLISHED = Counter("aam_bridge_batches_published", "Stream entries published.", _C)
 PUBLISH_ERRORS = Counter("aam_bridge_publish_errors", "Failed publishes (retried).", _C)
+FENCED_WRITES = Counter(
+    "aam_bridge_fenced_writes",
+    "Writes refused because another bridge took the connector's lease over (this one stops).",
+    _C,
+)
 RECORDS_REJECTED = Counter(
     "aam_bridge_records_rejected",
     "Records not published, by reason (oversize: over AAM_MAX_PAYLOAD_BYTES on its own).",
@@ -52,7 +57,10 @@ def init_connector(tenant: str, connector: str) -> None:
     """Create every series of a connector at 0 (the Prometheus convention), so dashboards
     and alerts see 0 rather than "No data" before anything has happened."""
     labels = (tenant, connector)
-    for counter in (RECORDS_PUBLISHED, BATCHES_PUBLISHED, PUBLISH_ERRORS, BACKPRESSURE_SECONDS):
+    counters = (
+        RECORDS_PUBLISHED, BATCHES_PUBLISHED, PUBLISH_ERRORS, FENCED_WRITES, BACKPRESSURE_SECONDS
+    )  # fmt: skip
+    for counter in counters:
         counter.labels(*labels)
     for status in SYNC_STATUSES:
         SYNC_RUNS.labels(*labels, status)

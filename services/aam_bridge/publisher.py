@@ -26,12 +26,13 @@ import time
 from collections.abc import Mapping
 
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
 from aam_bridge import metrics
 from aam_dcl import keys
 from aam_dcl.config import Settings
+from aam_dcl.errors import LeaseLost
 from aam_dcl.legacy import rename_legacy_keys
 from aam_dcl.messages import PAYLOAD_FIELD
 from aam_dcl.redis_conn import RedisClient
@@ -39,17 +40,23 @@ from aam_dcl.streams import create_group, entry_id_key, read_streams
 
 log = structlog.get_logger("aam_bridge.publisher")
 
-# KEYS: stream, sync state. ARGV: trim strategy (MINID|MAXLEN), its threshold, the number of
-# entries n, the n payloads, then the checkpoint's field/value pairs. An error in any XADD
-# aborts the script before the HSET. Returns the stream's length after the XADDs and their ids.
+# KEYS: stream, sync state, fence. ARGV: the lease's fencing token ('' = unfenced: a single
+# publisher without a lease, as in tests), trim strategy (MINID|MAXLEN), its threshold, the
+# number of entries n, the n payloads, then the checkpoint's field/value pairs. A token that
+# is no longer the fence's value (another bridge took the lease over) writes nothing; an error
+# in any XADD aborts the script before the HSET. Returns the stream's length after the XADDs
+# and their ids.
 PUBLISH_SCRIPT = """
-local n = tonumber(ARGV[3])
+if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then
+  return redis.error_reply('FENCED lease token ' .. ARGV[1] .. ' is no longer current')
+end
+local n = tonumber(ARGV[4])
 local ids = {}
 for i = 1, n do
-  ids[i] = redis.call('XADD', KEYS[1], ARGV[1], '~', ARGV[2], '*', 'PAYLOAD', ARGV[3 + i])
+  ids[i] = redis.call('XADD', KEYS[1], ARGV[2], '~', ARGV[3], '*', 'PAYLOAD', ARGV[4 + i])
 end
-if #ARGV > 3 + n then
-  redis.call('HSET', KEYS[2], unpack(ARGV, 4 + n, #ARGV))
+if #ARGV > 4 + n then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 5 + n, #ARGV))
 end
 return {redis.call('XLEN', KEYS[1]), ids}
 """.replace("'PAYLOAD'", repr(PAYLOAD_FIELD.decode()))
@@ -68,6 +75,8 @@ class Publisher:
         self.stream = keys.stream(settings.tenant_id, connector)
         self.group = keys.group(settings.tenant_id)
         self.state_key = keys.sync_state(settings.tenant_id, connector)
+        self.fence_key = keys.fence(settings.tenant_id, connector)
+        self.token: int | None = None  # the lease's fencing token (None: unfenced)
         self.labels = (settings.tenant_id, connector)
         self.limit = max(1, int(settings.stream_maxlen * settings.backpressure_watermark))
         self.max_length = settings.stream_maxlen + NODE_SLACK
@@ -95,6 +104,7 @@ class Publisher:
         """XADD the entries, then store ``checkpoint`` in the sync state: all or nothing.
 
         Raises (redis ResponseError) if Redis refuses an XADD; the checkpoint is then unchanged.
+        Raises LeaseLost, writing nothing, if ``token`` is no longer the lease's current one.
         """
         safe = self.settings.trim_policy == "block"
         if safe:
@@ -103,19 +113,43 @@ class Publisher:
             trim: list[EncodableT] = ["MINID", self.floor]
         else:
             trim = ["MAXLEN", self.settings.stream_maxlen]
-        args: list[EncodableT] = [*trim, len(payloads), *payloads]
-        for name, value in checkpoint.items():
-            args += [name, value]
         started = time.perf_counter()
-        try:
-            length, entry_ids = await self._publish(keys=[self.stream, self.state_key], args=args)
-        except (RedisError, OSError):
-            metrics.PUBLISH_ERRORS.labels(*self.labels).inc()
-            raise
+        length, entry_ids = await self._call([*trim, len(payloads), *payloads], checkpoint)
         metrics.PUBLISH_SECONDS.labels(*self.labels).observe(time.perf_counter() - started)
         metrics.STREAM_LENGTH.labels(*self.labels).set(length)
         self.room -= len(payloads)
         return [bytes(entry_id) for entry_id in entry_ids]
+
+    async def save(self, checkpoint: Mapping[FieldT, EncodableT]) -> None:
+        """Store ``checkpoint`` alone (a table or the run done), fenced like ``publish``."""
+        await self._call(["MAXLEN", 0, 0], checkpoint)
+
+    async def _call(
+        self, entries: list[EncodableT], checkpoint: Mapping[FieldT, EncodableT]
+    ) -> tuple[int, list[bytes]]:
+        token = "" if self.token is None else self.token
+        args: list[EncodableT] = [token, *entries]
+        for name, value in checkpoint.items():
+            args += [name, value]
+        try:
+            length, entry_ids = await self._publish(
+                keys=[self.stream, self.state_key, self.fence_key], args=args
+            )
+        except ResponseError as exc:
+            if not str(exc).startswith("FENCED"):
+                metrics.PUBLISH_ERRORS.labels(*self.labels).inc()
+                raise
+            metrics.FENCED_WRITES.labels(*self.labels).inc()
+            log.warning(
+                "publish_fenced", token=token, error=str(exc),
+                hint="another bridge took this connector's lease over (this one was paused or "
+                "cut off past AAM_LEASE_TTL_MS): nothing was written; waiting for the lease",
+            )  # fmt: skip
+            raise LeaseLost(f"{exc}: another bridge holds the lease of {self.stream}") from exc
+        except (RedisError, OSError):
+            metrics.PUBLISH_ERRORS.labels(*self.labels).inc()
+            raise
+        return int(length), list(entry_ids)
 
     async def unread(self) -> tuple[int, int]:
         """(lag + pending of the slowest group, XLEN); refreshes the trim floor on the way.

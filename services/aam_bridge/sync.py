@@ -26,6 +26,7 @@ from aam_bridge.connectors.base import Connector, TableSpec
 from aam_bridge.publisher import Publisher
 from aam_dcl import keys
 from aam_dcl.config import Settings
+from aam_dcl.errors import LeaseLost
 from aam_dcl.progress import Progress
 from aam_dcl.redis_conn import RedisClient
 from aam_dcl.streams import as_text
@@ -138,7 +139,7 @@ class SyncRunner:
         return SyncState.from_hash(await self.redis.hgetall(self.state_key))
 
     async def _save(self, state: SyncState) -> None:
-        await self.redis.hset(self.state_key, mapping=state.to_hash())
+        await self.publisher.save(state.to_hash())  # fenced: a stale holder writes nothing
 
     async def run_once(self) -> RunResult:
         """One whole run (or the rest of an interrupted one)."""
@@ -168,10 +169,18 @@ class SyncRunner:
     async def _begin(self, tables: Sequence[TableSpec]) -> tuple[SyncState, bool]:
         """The state to run from and whether it resumes: the interrupted run's, or a new
         run's, written together with taking the operator's full-sync request if there is one
-        (under WATCH: a request made meanwhile is not lost, it is read again)."""
+        (under WATCH: a request made meanwhile is not lost, it is read again). Fenced too: the
+        fence is watched, and a token no longer current raises LeaseLost."""
+        token = self.publisher.token
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(self.state_key)
+                await pipe.watch(self.state_key, self.publisher.fence_key)
+                if (
+                    token is not None
+                    and await pipe.get(self.publisher.fence_key) != str(token).encode()
+                ):
+                    metrics.FENCED_WRITES.labels(*self.labels).inc()
+                    raise LeaseLost(f"lease token {token} of {self.name} is no longer current")
                 state = SyncState.from_hash(await pipe.hgetall(self.state_key))
                 if state.run_start_ms is not None:
                     return state, True

@@ -30,6 +30,8 @@ ROLE_COMMANDS: dict[str, list[str]] = {
         "evalsha", "eval", "script|load", "script|exists",
         # standalone: a sync state under its name before the hash tags gets the new one
         "renamenx",
+        # the connector's lease and fencing counter (aam_bridge.lease; GET under WATCH)
+        "get", "exists", "set", "incr", "pexpire", "del",
     ],
     "worker": [
         *_CONNECTION, *_TRANSACTION,
@@ -65,7 +67,8 @@ def role_key_patterns(role: str, tenant: str) -> list[str]:
     processed = [f"~{keys.processed_set(tenant)}", f"~{keys.processed_expiry(tenant)}"]
     paused = keys.paused_flag(tenant)
     if role == "bridge":
-        return [streams, sync, f"~{keys.legacy_sync_state(tenant, '*')}"]
+        leases = [f"~{keys.lease_pattern(tenant)}", f"~{keys.fence_pattern(tenant)}"]
+        return [streams, sync, *leases, f"~{keys.legacy_sync_state(tenant, '*')}"]
     if role == "worker":
         legacy = [keys.legacy_dead_letter_stream(tenant, "*"), keys.legacy_processed_expiry(tenant)]
         return [streams, dlq, *processed, *(f"~{k}" for k in legacy), f"%R~{paused}"]
@@ -130,8 +133,10 @@ def probe_commands(
     sha = "0" * 40
     processed, expiry = keys.processed_set(tenant), keys.processed_expiry(tenant)
     dlqs = [keys.dead_letter_stream(tenant, c) for c in names]
+    leases = [keys.lease(tenant, c) for c in names]
+    fences = [keys.fence(tenant, c) for c in names]
     if role == "bridge":
-        script_keys = [*streams, *(keys.sync_state(tenant, c) for c in names)]
+        script_keys = [*streams, *(keys.sync_state(tenant, c) for c in names), *leases, *fences]
         xadd_keys, xlen_keys = streams, streams
     elif role == "worker":
         script_keys = [*streams, processed, expiry, *dlqs]
@@ -168,7 +173,14 @@ def probe_commands(
         "script|load": [["SCRIPT", "LOAD", "return 1"]],
         "script|exists": [["SCRIPT", "EXISTS", sha]],
         "scan": [["SCAN", "0", "MATCH", keys.stream_pattern(tenant), "COUNT", "1"]],
-        "exists": [["EXISTS", keys.paused_flag(tenant)]],
+        "exists": [["EXISTS", keys.paused_flag(tenant)]]
+        if role == "worker"
+        else [["EXISTS", k] for k in leases],
+        "get": [["GET", k] for k in [*leases, *fences]],
+        "set": [["SET", k, "permission-check", "PX", "1", "XX"] for k in leases],
+        "incr": [["INCR", k] for k in fences],  # queued, never run
+        "pexpire": [["PEXPIRE", k, "1"] for k in leases],
+        "del": [["DEL", k] for k in leases],
         "xreadgroup": each(
             streams, "XREADGROUP", "GROUP", group, "probe", "COUNT", "1", "STREAMS", "{key}", ">"
         ),

@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     # Groups the trim floor and back-pressure do not wait for (comma-separated names), e.g.
     # a group nobody reads any more. Every other group on a stream is protected.
     ignore_groups_csv: str = _env("AAM_IGNORE_GROUPS", default="")
+    # Several bridges: one holds a connector's lease at a time, renewing it every third of
+    # the TTL; a holder silent for the TTL (dead, paused) is replaced.
+    lease_ttl_ms: int = _env("AAM_LEASE_TTL_MS", default=15_000, ge=1000, le=600_000)
+    # The lease holder's name (with the pid appended): the pod name in Kubernetes.
+    bridge_name: str = _env("BRIDGE_NAME", default_factory=socket.gethostname)
 
     # --- worker ------------------------------------------------------------------------------
     sink_url: str = _env("DCL_SINK_URL", default="duckdb://./data/dcl.duckdb")
@@ -136,7 +141,7 @@ class Settings(BaseSettings):
     redis_tls_cert: Path | None = _env("REDIS_TLS_CERT", default=None)
     redis_tls_key: Path | None = _env("REDIS_TLS_KEY", default=None, validate_default=True)
 
-    @field_validator("tenant_id", "consumer_name")
+    @field_validator("tenant_id", "consumer_name", "bridge_name")
     @classmethod
     def _name(cls, value: str) -> str:
         if not NAME_RE.match(value):

@@ -9,6 +9,8 @@
     │   ├── ForeignConnector         names another connector than its stream's
     │   └── FutureBatchId            a batch id stamped too far in the future
     ├── ConnectorError               a connector failed to read (retriable unless said otherwise)
+    ├── LeaseLost                    another bridge holds the connector's lease: the publish
+    │                                was refused (fenced); go back to waiting for the lease
     └── SinkError                    the DCL store failed
         ├── SinkUnavailable          cannot reach the store: retry forever, count no delivery
         └── SinkDataError            the store rejected this batch's data: counts towards
@@ -67,6 +69,11 @@ class ConnectorError(AamDclError):
     """A connector could not read from its source."""
 
     retriable = True
+
+
+class LeaseLost(AamDclError):
+    """This bridge's lease of a connector is no longer current (another replica took it over
+    while this one was paused or cut off): the write was refused and nothing was written."""
 
 
 class SinkError(AamDclError):

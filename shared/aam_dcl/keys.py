@@ -23,6 +23,8 @@ NAME_RULE = "1-64 characters of letters, digits, '_', '.' or '-'"
 STREAM_PREFIX = "aam:dcl:"
 _DLQ_PREFIX = "aam:dlq:"
 _SYNC_PREFIX = "aam:sync:"
+_LEASE_PREFIX = "aam:lease:"
+_FENCE_PREFIX = "aam:fence:"
 
 
 def validate_name(value: str, what: str) -> str:
@@ -110,6 +112,28 @@ def sync_state_pattern(tenant: str) -> str:
 def connector_of_sync_state(tenant: str, key: str) -> str | None:
     """The connector of a sync state key of ``tenant``, or None if it is not one."""
     return _tagged_connector(_SYNC_PREFIX, tenant, key)
+
+
+def lease(tenant: str, connector: str) -> str:
+    """STRING ``"{holder} {token}"``: the bridge replica syncing the connector, with a PX expiry
+    it renews while it holds it; in the stream's slot (``aam:lease:{aam:dcl:t:c}``)."""
+    return f"{_LEASE_PREFIX}{{{stream(tenant, connector)}}}"
+
+
+def fence(tenant: str, connector: str) -> str:
+    """STRING counter (INCR per new lease holder): the current holder's fencing token. The
+    publish script refuses a write whose token is not this value (``aam:fence:{aam:dcl:t:c}``)."""
+    return f"{_FENCE_PREFIX}{{{stream(tenant, connector)}}}"
+
+
+def lease_pattern(tenant: str) -> str:
+    """ACL pattern of the tenant's leases."""
+    return f"{_LEASE_PREFIX}{{{stream_pattern(tenant)}}}"
+
+
+def fence_pattern(tenant: str) -> str:
+    """ACL pattern of the tenant's fencing counters."""
+    return f"{_FENCE_PREFIX}{{{stream_pattern(tenant)}}}"
 
 
 def _tagged_connector(prefix: str, tenant: str, key: str) -> str | None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import orjson
@@ -27,6 +28,34 @@ def daemon(name: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]
     full_env = {**os.environ, "METRICS_PORT": "0", "LOG_FORMAT": "json", **env}
     with log.open("ab") as out:
         return subprocess.Popen([str(BIN / name)], env=full_env, stdout=out, stderr=out)
+
+
+async def assert_one_run_with_every_record_once(
+    batches: list[Any], records: int, *, seed: int
+) -> None:
+    """The demo salesforce connector's ``batches`` (decoded payloads, in stream order) are one
+    run: batch ids never repeated, chunks 1..N with no gap, every record exactly once."""
+    ids = [b["batch_id"] for b in batches]
+    assert len(set(ids)) == len(ids), "a chunk was re-sent"
+    assert {i.rsplit("_", 2)[1] for i in ids} == {ids[0].rsplit("_", 2)[1]}, "one run, one start"
+    assert [int(i.rsplit("_", 1)[1]) for i in ids] == list(range(1, len(ids) + 1)), "gap in chunks"
+
+    connector = DemoConnector(
+        ConnectorConfig("salesforce", "demo", "x", None, {"records": records, "seed": seed})
+    )
+    for spec in await connector.tables():
+        expected = connector.expected_state(spec.name, 0)
+        got = [
+            tuple(r[k] for k in spec.primary_key)
+            for b in batches
+            for t in b["tables"]
+            if t["name"] == spec.name
+            for r in t["records"]
+        ]
+        assert len(got) == len(expected), (
+            f"{spec.name}: {len(got)} published, {len(expected)} expected"
+        )
+        assert set(got) == set(expected)
 
 
 async def test_bridge_killed_mid_run_resumes_with_the_same_ids_and_no_gap(
@@ -67,27 +96,7 @@ async def test_bridge_killed_mid_run_resumes_with_the_same_ids_and_no_gap(
 
     entries = await redis.xrange(stream)
     batches = [orjson.loads(fields[b"payload"]) for _, fields in entries]
-    ids = [b["batch_id"] for b in batches]
-    assert len(set(ids)) == len(ids), "a chunk was re-sent"
-    assert {i.rsplit("_", 2)[1] for i in ids} == {ids[0].rsplit("_", 2)[1]}, "one run, one start"
-    assert [int(i.rsplit("_", 1)[1]) for i in ids] == list(range(1, len(ids) + 1)), "gap in chunks"
-
-    connector = DemoConnector(
-        ConnectorConfig("salesforce", "demo", "x", None, {"records": records, "seed": 3})
-    )
-    for spec in await connector.tables():
-        expected = connector.expected_state(spec.name, 0)
-        got = [
-            tuple(r[k] for k in spec.primary_key)
-            for b in batches
-            for t in b["tables"]
-            if t["name"] == spec.name
-            for r in t["records"]
-        ]
-        assert len(got) == len(expected), (
-            f"{spec.name}: {len(got)} published, {len(expected)} expected"
-        )
-        assert set(got) == set(expected)
+    await assert_one_run_with_every_record_once(batches, records, seed=3)
 
 
 async def test_worker_sigterm_mid_processing_acks_in_flight_and_exits_zero(

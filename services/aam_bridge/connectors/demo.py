@@ -40,6 +40,7 @@ _OPTIONS: dict[str, str] = {
     "change_rate": "a number between 0 and 1",
     "new_rate": "a number between 0 and 1",
     "page_size": "an integer >= 1",
+    "page_delay_ms": "an integer between 0 and 60000",
 }
 
 
@@ -48,7 +49,8 @@ class DemoConnector(Connector):
 
     Options: ``flavor`` (salesforce | hubspot | dynamics; default: the connector's name if it
     is one of those, else salesforce), ``records`` (1000), ``seed`` (1), ``change_rate``
-    (0.05), ``new_rate`` (0.01), ``page_size`` (500). The constructor only validates options.
+    (0.05), ``new_rate`` (0.01), ``page_size`` (500), ``page_delay_ms`` (0; a slow source's
+    pace, for tests of long runs). The constructor only validates options.
     """
 
     type_name = "demo"
@@ -69,6 +71,9 @@ class DemoConnector(Connector):
         self.records = _int_option(opts, "records", 1000, minimum=0)
         self.seed = _int_option(opts, "seed", 1, minimum=None)
         self.page_size = _int_option(opts, "page_size", 500, minimum=1)
+        self.page_delay_ms = _int_option(opts, "page_delay_ms", 0, minimum=0)
+        if self.page_delay_ms > 60_000:
+            _bad("page_delay_ms", self.page_delay_ms)
         self.change_rate = _rate_option(opts, "change_rate", 0.05)
         self.new_rate = _rate_option(opts, "new_rate", 0.01)
         self._models = {
@@ -83,7 +88,8 @@ class DemoConnector(Connector):
         generation, offset = parse_cursor(cursor)
         for page in model.pages(generation, offset, self.page_size):
             yield page
-            await asyncio.sleep(0)  # a big table must not starve the event loop
+            # a big table must not starve the event loop (0), or a slow source's pace
+            await asyncio.sleep(self.page_delay_ms / 1000)
 
     def expected_state(self, table: str, generations: int) -> dict[tuple[Any, ...], Record]:
         """The table's rows (primary key tuple -> record) after reading ``generations`` updates.
