@@ -20,8 +20,9 @@ def test_guide_key_names() -> None:
 
 
 def test_companion_keys_carry_the_name_of_what_they_go_with_as_their_hash_tag() -> None:
-    """Sync state and dead letters share their stream's slot, the expiry index the processed
-    set's: ``prefix:{aam:dcl:t:c}`` hashes like ``aam:dcl:t:c`` (Redis Cluster)."""
+    """Sync state, dead letters, lease and fencing token share their stream's slot, the expiry
+    index the processed set's: ``prefix:{aam:dcl:t:c}`` hashes like ``aam:dcl:t:c`` (Redis
+    Cluster)."""
     assert keys.sync_state("default", "salesforce") == "aam:sync:{aam:dcl:default:salesforce}"
     assert (
         keys.dead_letter_stream("default", "salesforce") == "aam:dlq:{aam:dcl:default:salesforce}"
@@ -34,6 +35,8 @@ def test_companion_keys_carry_the_name_of_what_they_go_with_as_their_hash_tag() 
         stream = key_slot(keys.stream(tenant, connector).encode())
         assert key_slot(keys.sync_state(tenant, connector).encode()) == stream
         assert key_slot(keys.dead_letter_stream(tenant, connector).encode()) == stream
+        assert key_slot(keys.lease(tenant, connector).encode()) == stream
+        assert key_slot(keys.fence(tenant, connector).encode()) == stream
         processed = key_slot(keys.processed_set(tenant).encode())
         assert key_slot(keys.processed_expiry(tenant).encode()) == processed
 
@@ -52,6 +55,8 @@ def test_new_keys_never_match_the_stream_discovery_pattern() -> None:
     others = [
         keys.dead_letter_stream("default", "salesforce"),
         keys.sync_state("default", "salesforce"),
+        keys.lease("default", "salesforce"),
+        keys.fence("default", "salesforce"),
         keys.processed_set("default"),
         keys.processed_expiry("default"),
         keys.paused_flag("default"),
