@@ -171,7 +171,8 @@ def dlq_purge(
 @json_option
 @click.pass_context
 def pending(ctx: click.Context, connector: str | None, limit: int, as_json: bool) -> None:
-    """Who holds what: per consumer its pending count and idle time; the oldest pending entries."""
+    """Who holds what: per consumer alive or dead (its heartbeat), its pending count and idle
+    time; the oldest pending entries."""
     import dataclasses
 
     from aam_dcl_cli.ops import pending_report
@@ -192,9 +193,15 @@ def pending(ctx: click.Context, connector: str | None, limit: int, as_json: bool
         if p.consumers:
             lines.append(
                 _table(
-                    ("  CONSUMER", "PENDING", "IDLE", "INACTIVE"),
+                    ("  CONSUMER", "STATE", "PENDING", "IDLE", "INACTIVE"),
                     [
-                        ("  " + c.name, str(c.pending), _ms(c.idle_ms), _ms(c.inactive_ms))
+                        (
+                            "  " + c.name,
+                            "alive" if c.alive else "dead",
+                            str(c.pending),
+                            _ms(c.idle_ms),
+                            _ms(c.inactive_ms),
+                        )
                         for c in p.consumers
                     ],
                 )

@@ -24,6 +24,7 @@ from aam_dcl.errors import AamDclError
 from aam_dcl.redis_conn import RedisClient
 from aam_dcl.streams import (
     as_text,
+    consumers_alive,
     entry_id_key,
     is_entry_id,
     scan_dead_letter_streams,
@@ -239,6 +240,7 @@ class ConsumerPending:
     pending: int
     idle_ms: int
     inactive_ms: int | None  # Redis >= 7.2: since the last successful read
+    alive: bool = False  # its heartbeat is present (dcl_worker.heartbeat)
 
 
 @dataclass(slots=True)
@@ -266,7 +268,8 @@ class PendingReport:
 async def pending_report(
     client: RedisClient, tenant: str, connector: str | None = None, limit: int = 10
 ) -> list[PendingReport]:
-    """Per stream: who holds what (XPENDING summary + XINFO CONSUMERS), the oldest entries."""
+    """Per stream: who holds what (XPENDING summary + XINFO CONSUMERS), whether each consumer
+    is alive (its heartbeat), the oldest entries."""
     connectors = [connector] if connector else (await scan_streams(client, tenant)).connectors
     group = keys.group(tenant)
     reports = []
@@ -292,6 +295,9 @@ async def pending_report(
                     int(inactive) if inactive is not None and int(inactive) >= 0 else None,
                 )
             )
+        alive = await consumers_alive(client, tenant, [c.name for c in report.consumers])
+        for holder in report.consumers:
+            holder.alive = alive[holder.name]
         report.consumers.sort(key=lambda c: (-c.pending, c.name))
         if report.pending and limit > 0:
             rows = await client.xpending_range(stream, group, min="-", max="+", count=limit)

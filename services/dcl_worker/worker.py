@@ -3,8 +3,9 @@
 Each stream has a ``StreamConsumer`` (its handling, reclaim and finalize); one
 ``StreamReader`` reads every stream in a few multi-stream XREADGROUP calls, so any number
 of streams needs a handful of connections. Beside it run stream discovery (new streams
-appear while it runs), a monitor that publishes lag/pending/length gauges and follows the
-operator's pause flag, and supervision that restarts a crashed loop with backoff.
+appear while it runs), a monitor that publishes lag/pending/length gauges, follows the
+operator's pause flag and keeps this consumer's heartbeat (``dcl_worker.heartbeat``), and
+supervision that restarts a crashed loop with backoff.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from aam_dcl.streams import read_streams, scan_streams
 from aam_dcl.waiting import Backoff, StopWaiter
 from dcl_worker import metrics
 from dcl_worker.consumer import StreamConsumer
+from dcl_worker.heartbeat import BEAT_EVERY_S, Heartbeats
 from dcl_worker.reader import StreamReader
 from dcl_worker.sinks.base import Sink
 
 log = structlog.get_logger("dcl_worker.worker")
 
-MONITOR_INTERVAL_S = 2.0
+MONITOR_INTERVAL_S = BEAT_EVERY_S
 
 
 class Worker:
@@ -49,6 +51,7 @@ class Worker:
         self.ignored: set[str] = set()  # stream keys logged once as not a connector stream
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.sink_ready = False
+        self.heartbeats = Heartbeats(settings, client)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -173,8 +176,10 @@ class Worker:
     async def _monitor_loop(self) -> None:
         while not self.stopping.is_set():
             try:
+                await self.heartbeats.beat()
                 await self._follow_pause_flag()
                 await self.observe()
+                await self.heartbeats.sweep(list(self.consumers))
             except RedisError as exc:
                 log.warning("monitor_failed", error=str(exc))
             await self.waits.sleep(MONITOR_INTERVAL_S)

@@ -40,6 +40,8 @@ ROLE_COMMANDS: dict[str, list[str]] = {
         # the finalize scripts (EVALSHA, loaded on NOSCRIPT) and what they call
         "evalsha", "eval", "script|load", "script|exists", "xadd", "sadd", "srem", "zadd",
         "zrangebyscore", "zrem", "expire",
+        # its heartbeat (SET EX) and removing consumers long dead (the script's XINFO, XGROUP)
+        "set", "xinfo|consumers", "xgroup|delconsumer",
         # standalone: dead letters and the expiry index under their names before the hash tags
         # get the new ones
         "renamenx",
@@ -66,13 +68,15 @@ def role_key_patterns(role: str, tenant: str) -> list[str]:
     sync = f"~{keys.sync_state_pattern(tenant)}"
     processed = [f"~{keys.processed_set(tenant)}", f"~{keys.processed_expiry(tenant)}"]
     paused = keys.paused_flag(tenant)
+    heartbeats = keys.consumer_heartbeat_pattern(tenant)
     if role == "bridge":
         leases = [f"~{keys.lease_pattern(tenant)}", f"~{keys.fence_pattern(tenant)}"]
         return [streams, sync, *leases, f"~{keys.legacy_sync_state(tenant, '*')}"]
     if role == "worker":
         legacy = [keys.legacy_dead_letter_stream(tenant, "*"), keys.legacy_processed_expiry(tenant)]
-        return [streams, dlq, *processed, *(f"~{k}" for k in legacy), f"%R~{paused}"]
-    return [streams, dlq, sync, *processed, f"~{paused}"]
+        worker = [streams, dlq, *processed, f"~{heartbeats}"]
+        return [*worker, *(f"~{k}" for k in legacy), f"%R~{paused}"]
+    return [streams, dlq, sync, *processed, f"~{paused}", f"%R~{heartbeats}"]
 
 
 @dataclass(slots=True)
@@ -134,6 +138,7 @@ def probe_commands(
     processed, expiry = keys.processed_set(tenant), keys.processed_expiry(tenant)
     dlqs = [keys.dead_letter_stream(tenant, c) for c in names]
     leases = [keys.lease(tenant, c) for c in names]
+    heartbeat = keys.consumer_heartbeat(tenant, "permission-check")
     fences = [keys.fence(tenant, c) for c in names]
     if role == "bridge":
         script_keys = [*streams, *(keys.sync_state(tenant, c) for c in names), *leases, *fences]
@@ -173,11 +178,15 @@ def probe_commands(
         "script|load": [["SCRIPT", "LOAD", "return 1"]],
         "script|exists": [["SCRIPT", "EXISTS", sha]],
         "scan": [["SCAN", "0", "MATCH", keys.stream_pattern(tenant), "COUNT", "1"]],
-        "exists": [["EXISTS", keys.paused_flag(tenant)]]
+        "exists": [["EXISTS", keys.paused_flag(tenant)], ["EXISTS", heartbeat]]
         if role == "worker"
         else [["EXISTS", k] for k in leases],
         "get": [["GET", k] for k in [*leases, *fences]],
-        "set": [["SET", k, "permission-check", "PX", "1", "XX"] for k in leases],
+        "set": [["SET", heartbeat, "0", "EX", "1", "XX"]]
+        if role == "worker"
+        else [["SET", k, "permission-check", "PX", "1", "XX"] for k in leases],
+        "xinfo|consumers": each(streams, "XINFO", "CONSUMERS", "{key}", group),
+        "xgroup|delconsumer": each(streams, "XGROUP", "DELCONSUMER", "{key}", group, "probe"),
         "incr": [["INCR", k] for k in fences],  # queued, never run
         "pexpire": [["PEXPIRE", k, "1"] for k in leases],
         "del": [["DEL", k] for k in leases],

@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     block_ms: int = _env("DCL_BLOCK_MS", default=2000, ge=1, le=60_000)
     claim_idle_ms: int = _env("DCL_CLAIM_IDLE_MS", default=60_000, ge=100, le=MAX_CLAIM_IDLE_MS)
     max_deliveries: int = _env("DCL_MAX_DELIVERIES", default=5, ge=1, le=1000)
+    # A consumer with no heartbeat, no pending entries and idle this long leaves the group.
+    consumer_expiry_s: int = _env("DCL_CONSUMER_EXPIRY_S", default=3600, ge=1, le=30 * 86400)
     discovery_interval_s: float = _env(
         "DCL_DISCOVERY_INTERVAL_S", default=5.0, gt=0, le=3600, allow_inf_nan=False
     )

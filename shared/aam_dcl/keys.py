@@ -177,6 +177,17 @@ SYNC_REQUEST_FULL = "request_full_ms"  # the next run reads every table from the
 SYNC_REQUEST_NOW = "request_now_ms"  # run now rather than at the schedule's next time
 
 
+def consumer_heartbeat(tenant: str, consumer: str) -> str:
+    """STRING with a short TTL, refreshed by a live worker: ``dcl:consumer:{tenant}:{name}``
+    (its value is the time it was written, ms). Absent = the consumer is dead."""
+    return f"dcl:consumer:{tenant}:{consumer}"
+
+
+def consumer_heartbeat_pattern(tenant: str) -> str:
+    """ACL pattern of the tenant's consumer heartbeats."""
+    return consumer_heartbeat(tenant, "*")
+
+
 def paused_flag(tenant: str) -> str:
     """Present while an operator has paused consumption (``aam-dcl pause``)."""
     return f"dcl:paused:{tenant}"

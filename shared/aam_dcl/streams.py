@@ -58,6 +58,19 @@ def is_entry_id(text: str) -> bool:
 # --- groups ------------------------------------------------------------------------------------
 
 
+async def consumers_alive(
+    client: RedisClient, tenant: str, names: Sequence[str]
+) -> dict[str, bool]:
+    """Whether each consumer's heartbeat (``keys.consumer_heartbeat``) is present. Idle time
+    alone misleads: on Redis 7.0 a live consumer blocked in XREADGROUP grows idle too."""
+    if not names:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(keys.consumer_heartbeat(tenant, name))
+    return {name: bool(found) for name, found in zip(names, await pipe.execute(), strict=True)}
+
+
 async def create_group(client: RedisClient, stream: str, group: str) -> None:
     """XGROUP CREATE stream group 0 MKSTREAM, tolerating a group that already exists."""
     try:
