@@ -49,6 +49,7 @@ class Bridge:
         self.stopping = stopping
         self.waits = StopWaiter(stopping)
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.started_s = time.time()  # a 'once' connector synced since then is done
 
     async def run(self) -> None:
         """Run until every connector is done (schedule 'once') or stopping is set."""
@@ -147,6 +148,8 @@ class Bridge:
         False when the lease was lost while idle; LeaseLost when a write was refused."""
         config = connector.config
         labels = (self.settings.tenant_id, config.name)
+        if config.schedule_s is None and await self._ran_since_start(runner):
+            return True
         backoff = Backoff(cap_s=60.0, base_s=0.5)
         opened = False
         while not self.stopping.is_set() and not lost.is_set():
@@ -195,6 +198,18 @@ class Bridge:
                 return True
             await self._until_due(runner, started + config.schedule_s, lost)
         return False
+
+    async def _ran_since_start(self, runner: SyncRunner) -> bool:
+        """Whether another replica finished a run of this connector after this one started: a
+        'once' connector taken over then is done, not run a second time."""
+        try:
+            ended_s = await runner.last_success_end_s()
+        except (RedisError, OSError):  # the run itself will say what is wrong
+            return False
+        if ended_s is None or ended_s < self.started_s:
+            return False
+        log.info("sync_run_skipped", reason="another bridge finished a run since this one started")
+        return True
 
     async def _sleep_unless(self, lost: asyncio.Event, delay_s: float) -> None:
         """Sleep ``delay_s``, less if the lease is lost or stopping is set meanwhile."""

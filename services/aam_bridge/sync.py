@@ -212,6 +212,16 @@ class SyncRunner:
             },
         )
 
+    async def last_success_end_s(self) -> float | None:
+        """When the last run ended (epoch s), if it succeeded and no run is in progress."""
+        text = {
+            as_text(k): as_text(v) for k, v in (await self.redis.hgetall(self.state_key)).items()
+        }
+        if text.get("run_start_ms") or text.get("last_run_status") != "succeeded":
+            return None
+        started_ms = int(text.get("last_run_started_ms") or 0)
+        return (started_ms + int(text.get("last_run_duration_ms") or 0)) / 1000
+
     async def take_run_request(self) -> bool:
         """True if an operator asked for a run now (``aam-dcl sync --now``); takes it."""
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -12,6 +12,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from aam_bridge.bridge import Bridge
+from aam_bridge.connectors.base import ConnectorConfig
+from aam_bridge.connectors.registry import create
 from aam_bridge.lease import Lease
 from aam_bridge.publisher import Publisher
 from aam_dcl import keys
@@ -83,6 +86,46 @@ async def test_a_lease_that_expired_untaken_is_taken_back_by_its_holder(
         assert await redis.get(keys.lease("default", CONNECTOR)) == lease.value.encode()
     finally:
         await client.aclose()
+
+
+async def test_a_once_connector_finished_by_another_bridge_is_not_run_again(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """Two bridges in-process: the second waits for the lease while the first runs the
+    connector; taking the lease after the run ended, it sees that run and skips its own."""
+    configs = [
+        ConnectorConfig(
+            CONNECTOR, "demo", "sf-1", None, {"records": 500, "page_size": 20, "page_delay_ms": 20}
+        )
+    ]
+    stopping = asyncio.Event()
+    clients = [await connect(settings), await connect(settings)]
+    one = Bridge(
+        settings.model_copy(update={"bridge_name": "one"}), clients[0],
+        [create(c) for c in configs], stopping,
+    )  # fmt: skip
+    two = Bridge(
+        settings.model_copy(update={"bridge_name": "two"}), clients[1],
+        [create(c) for c in configs], stopping,
+    )  # fmt: skip
+    lease_key = keys.lease("default", CONNECTOR)
+    try:
+        first = asyncio.create_task(one.run())
+
+        async def one_holds() -> bool:
+            return (await redis.get(lease_key) or b"").startswith(b"one:")
+
+        await wait_until(one_holds, what="bridge one holds the lease")
+        second = asyncio.create_task(two.run())
+        await asyncio.wait_for(asyncio.gather(first, second), 60)
+    finally:
+        stopping.set()
+        for client in clients:
+            await client.aclose()
+    entries = await redis.xrange(keys.stream("default", CONNECTOR))
+    ids = [orjson.loads(fields[b"payload"])["batch_id"] for _, fields in entries]
+    assert len({i.rsplit("_", 2)[1] for i in ids}) == 1, "the connector ran twice"
+    assert not await redis.exists(lease_key), "the last holder freed the lease"
 
 
 def fenced_writes(port: int) -> float:
