@@ -160,3 +160,24 @@ def test_a_producers_long_emitted_at_does_not_take_the_exact_parse() -> None:
     assert exact["a"] == Decimal("1129863635.240000000001")
     after = loads(b'{"emitted_at":1.5,"a":12345678901234567.5}')
     assert after["a"] == Decimal("12345678901234567.5")
+
+
+def test_long_digit_runs_inside_strings_do_not_take_the_exact_parse() -> None:
+    """An 18-digit id or a phone number is text: the fast parse keeps floats as floats; a
+    long number wherever a JSON number can start is read exactly."""
+    from aam_dcl.messages import loads
+
+    body = loads(b'{"id":"006300000000000000","tel":"+1 55512345678901234","a":2.5}')
+    assert type(body["a"]) is float
+    exact = [
+        (b'{"n":12345678901234567.5}', Decimal("12345678901234567.5")),
+        (b'{"n":-1.2345678901234567e5}', Decimal("-1.2345678901234567e5")),
+        (b'{"a":1,"n":[1,12345678901234567.25]}', Decimal("12345678901234567.25")),
+        (b'{"n":[12345678901234567.5]}', Decimal("12345678901234567.5")),
+        (b'{"n": 12345678901234567.5}', Decimal("12345678901234567.5")),
+        (b'{"a":2.5,"n":123456789012345678901}', 123456789012345678901),
+    ]
+    for raw, value in exact:
+        n = loads(raw)["n"]
+        assert (n[-1] if isinstance(n, list) else n) == value, raw
+        assert type(n[-1] if isinstance(n, list) else n) is type(value), raw
