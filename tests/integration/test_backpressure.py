@@ -1,4 +1,4 @@
-"""No unread entry is ever trimmed (DESIGN §4.2): back-pressure instead of MAXLEN data loss."""
+"""No unread entry is ever trimmed: back-pressure instead of MAXLEN data loss."""
 
 from __future__ import annotations
 

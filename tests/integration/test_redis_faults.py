@@ -1,4 +1,4 @@
-"""Redis faults (DESIGN §4.1, §4.6): refused connections, restart, kill -9, stream deletion, pause.
+"""Redis faults: refused connections, restart, kill -9, stream deletion, pause.
 
 Each test runs its own Redis (AOF, fsync always) on a private port so that it can stop, kill
 and restart it on the same port, runs the worker (and the bridge) in-process, injects the
@@ -499,7 +499,7 @@ async def test_entries_pending_at_a_dead_consumer_are_not_trimmed_before_reclaim
 ) -> None:
     """A consumer takes entries and dies for good (kill -9, never back under its name) while a
     live worker acks everything newer and the bridge publishes far past MAXLEN: the dead
-    consumer's entries must survive until they are reclaimed (DESIGN §4.2), so all lands once."""
+    consumer's entries must survive until they are reclaimed, so all lands once."""
     await own_redis.start()
     configs = demo_configs(records=600, page_size=100)[:1]
     connector = configs[0].name

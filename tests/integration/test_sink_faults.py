@@ -1,4 +1,4 @@
-"""DCL store faults (DESIGN §4.1, §4.4): an unreachable PostgreSQL, and a batch the store rejects.
+"""DCL store faults: an unreachable PostgreSQL, and a batch the store rejects.
 
 PostgreSQL is reached through a loopback TCP proxy so that the test can cut the worker's
 connections mid-write and refuse new ones without stopping the server. An unavailable store

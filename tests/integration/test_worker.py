@@ -146,7 +146,7 @@ async def test_a_batch_delivered_more_than_max_deliveries_is_dead_lettered(
 async def test_every_processed_id_expires_on_its_own_and_the_set_stays_usable(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
-    """DESIGN §4.1 fix: ids older than the TTL leave the SET while newer ones stay."""
+    """Ids older than the TTL leave the SET while newer ones stay."""
     settings = settings.model_copy(update={"idempotency_ttl_s": 60})
     processed, expiry = keys.processed_set("default"), keys.processed_expiry("default")
     async with running_worker(settings):
