@@ -356,6 +356,9 @@ class ChaosRun:
             **common,
             "AAM_CONNECTORS_FILE": str(connectors_file),
             "AAM_BATCH_CHUNK_SIZE": str(self.plan.chunk_size),
+            # a bridge killed -9 holds its connectors' leases until they expire: the next
+            # pass waits that long before it may publish
+            "AAM_LEASE_TTL_MS": "2000",
         }
         if self.plan.stream_maxlen is not None:
             env["AAM_REDIS_STREAM_MAXLEN"] = str(self.plan.stream_maxlen)

@@ -77,6 +77,7 @@ async def test_bridge_killed_mid_run_resumes_with_the_same_ids_and_no_gap(
         "AAM_CONNECTORS_FILE": str(connectors_file),
         "AAM_BATCH_CHUNK_SIZE": "50",
         "AAM_REDIS_STREAM_MAXLEN": "1000000",
+        "AAM_LEASE_TTL_MS": "2000",  # the killed bridge's lease: the next one waits this long
     }
     stream = keys.stream("default", "salesforce")
     log = tmp_path / "bridge.log"
