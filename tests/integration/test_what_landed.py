@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from pathlib import Path
 
 import orjson
 import pytest
@@ -12,6 +14,8 @@ import redis.asyncio as aioredis
 from aam_dcl.config import Settings
 from tests.conftest import PG_ADMIN_DSN
 from tests.integration.conftest import demo_configs, run_bridge_once, running_worker
+from tests.integration.test_cli import run_cli
+from tests.integration.test_processes import daemon
 from tests.support import drained, invoke_cli, wait_until
 
 
@@ -100,3 +104,26 @@ async def test_config_check_connect_says_what_is_wrong_with_the_sink_in_one_line
     assert name in last
     assert "does not exist" in last
     assert "Traceback" not in result.output
+
+
+async def test_tables_reads_a_duckdb_file_while_a_worker_process_waits_for_work(
+    settings: Settings, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    """DuckDB lets one process open a file: the worker releases it when idle (IDLE_RELEASE_S),
+    `aam-dcl tables` in another process reads it, and the worker's next write opens it again."""
+    worker_env = {**env(settings), "DCL_CONSUMER_NAME": "landed-worker"}
+    worker = daemon("dcl-worker", worker_env, tmp_path / "worker.log")
+    try:
+        for run, records in enumerate((30, 30), 1):
+            await run_bridge_once(settings, demo_configs(records, page_size=10))
+            await wait_until(lambda: drained(redis), what=f"run {run} drained")
+            result = await asyncio.to_thread(run_cli, "tables", "--json", env=env(settings))
+            assert result.returncode == 0, result.stdout + result.stderr
+            runs = {r["connector"]: r["runs"] for r in orjson.loads(result.stdout)["connectors"]}
+            assert runs["salesforce"] == run
+            tables = {t["table"] for t in orjson.loads(result.stdout)["tables"]}
+            assert "salesforce__opportunities" in tables
+        assert worker.poll() is None  # the worker kept running and writing between the reads
+    finally:
+        worker.terminate()
+        worker.wait(30)

@@ -12,6 +12,10 @@ explicit column types; parameterised executemany manages about 400 rows/s. A spo
 named after the database and this process, so open() can remove what a crashed process left
 behind. Tables and inbox live in the tenant's schema (``_tenancy``); the connection's default
 schema is set to it, so the catalog SQL names tables without a schema.
+
+DuckDB lets one process open a file: the sink releases it after ``IDLE_RELEASE_S`` without a
+call (so ``aam-dcl tables`` can read what landed while the worker waits for work) and opens
+it again at the next write; readiness meanwhile only checks the file is there.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from dcl_worker.sinks._sql import (
 from dcl_worker.sinks._template import SqlSink
 
 P = ParamSpec("P")
+IDLE_RELEASE_S = 2.0  # an idle sink closes the file so that another process may read it
 T = TypeVar("T")
 
 DEFAULT_SCHEMA = "main"
@@ -99,6 +104,8 @@ class DuckDBSink(SqlSink[_Session]):
         self._con: duckdb.DuckDBPyConnection | None = None
         self._opened = False
         self._lock = asyncio.Lock()
+        self._idle: asyncio.TimerHandle | None = None  # releases the file when it fires
+        self._release_task: asyncio.Task[None] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -133,6 +140,8 @@ class DuckDBSink(SqlSink[_Session]):
         return con
 
     async def close(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
         async with self._lock:
             con, self._con = self._con, None
             self._opened = False
@@ -184,6 +193,36 @@ class DuckDBSink(SqlSink[_Session]):
                 self._tables.clear()
                 await _in_thread(con.close)
                 raise
+            finally:
+                self._release_when_idle()
+
+    def _release_when_idle(self) -> None:
+        if self.path == ":memory:":  # releasing it would drop the database
+            return
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = asyncio.get_running_loop().call_later(IDLE_RELEASE_S, self._start_release)
+
+    def _start_release(self) -> None:
+        self._release_task = asyncio.ensure_future(self._release())
+
+    async def _release(self) -> None:
+        """Close the file after IDLE_RELEASE_S without a call; the next call opens it again
+        (and reads the tables' shapes afresh: another process may have changed them)."""
+        if self._lock.locked():  # in use after all: try again later
+            self._release_when_idle()
+            return
+        async with self._lock:
+            con, self._con = self._con, None
+            self._tables.clear()
+            if con is not None:
+                await _in_thread(con.close)
+
+    async def ping(self) -> None:
+        if self._opened and self._con is None and self.path != ":memory:":
+            await _in_thread(check_path, self.path, create=False)  # released while idle
+            return
+        await super().ping()
 
     @contextlib.asynccontextmanager
     async def _transaction(self, s: _Session) -> AsyncIterator[None]:
