@@ -3,9 +3,10 @@
 
 The run's identity is its start time: ``batch_id = {connector}_{run_start_ms}_{chunk}``, with
 the chunk counter running from 1 across the run. Both are stored with the checkpoint in
-``aam:sync:{tenant}:{connector}`` by the same script call as the XADDs, together with the position
-to resume from: a page cursor and how many records after it are already published. A run
-killed at any point resumes from there with the same ids: no gap, nothing sent twice.
+``keys.sync_state`` (in the stream's slot) by the same script call as the XADDs, together with
+the position to resume from: a page cursor and how many records after it are already
+published. A run killed at any point resumes from there with the same ids: no gap, nothing
+sent twice.
 """
 
 from __future__ import annotations

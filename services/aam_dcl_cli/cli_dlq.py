@@ -24,7 +24,7 @@ from aam_dcl_cli.app import (
 @main.group()
 @tenant_option
 def dlq() -> None:
-    """Dead letters: list, show, replay, purge (streams aam:dlq:{tenant}:{connector})."""
+    """Dead letters: list, show, replay, purge (streams aam:dlq:{aam:dcl:{tenant}:{connector}})."""
 
 
 @dlq.command("list")

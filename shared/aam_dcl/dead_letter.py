@@ -1,4 +1,5 @@
-"""The dead-letter entry: what ``aam:dlq:{tenant}:{connector}`` holds for each entry given up.
+"""The dead-letter entry: what ``aam:dlq:{aam:dcl:{tenant}:{connector}}`` holds for each entry
+given up.
 
 The worker's finalize step writes it (``DeadLetter.fields``), the operator's ``aam-dcl dlq``
 commands read it back (``DeadLetter.from_entry``); its field names exist only here. The

@@ -93,8 +93,8 @@ class _State:
             body = None
         if not _shaped(body):
             raise ConnectorError(
-                f"{where}: cursor {cursor[:200]!r} is not a file connector cursor: delete the "
-                "connector's sync state (aam:sync:{tenant}:{connector}) to read from the start"
+                f"{where}: cursor {cursor[:200]!r} is not a file connector cursor: "
+                "run `aam-dcl sync CONNECTOR --full` to read the tables from the start"
             )
         at = body.get("at")
         return cls(body["files"], (at[0], Position(*at[1:])) if at is not None else None)

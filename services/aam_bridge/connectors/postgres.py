@@ -298,8 +298,8 @@ def _start(cursor: str | None, by: str | None, key: tuple[str, ...], lookback: b
     body = _decode_cursor(cursor)
     if body is None:
         raise ConnectorError(
-            f"cursor {cursor[:200]!r} is not a postgres connector cursor: delete the "
-            "connector's sync state (aam:sync:{tenant}:{connector}) to read it from the start"
+            f"cursor {cursor[:200]!r} is not a postgres connector cursor: "
+            "run `aam-dcl sync CONNECTOR --full` to read the tables from the start"
         )
     if body["by"] != by or body["key"] != list(key):
         return _Start(reset=True)

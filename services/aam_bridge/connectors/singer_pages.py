@@ -185,8 +185,8 @@ def state_of(cursor: str | None, where: str) -> Any:
         body = None
     if not isinstance(body, dict) or body.get("v") != CURSOR_VERSION or "state" not in body:
         raise ConnectorError(
-            f"{where}: cursor {cursor[:200]!r} is not a singer connector cursor: delete the "
-            "connector's sync state (aam:sync:{tenant}:{connector}) to read it from the start"
+            f"{where}: cursor {cursor[:200]!r} is not a singer connector cursor: "
+            "run `aam-dcl sync CONNECTOR --full` to read the tables from the start"
         )
     return body["state"]
 
