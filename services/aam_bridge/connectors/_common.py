@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aam_bridge.connectors._http import HTTP_OPTIONS, HttpClient
-from aam_bridge.connectors.base import Connector, ConnectorConfig
+from aam_bridge.connectors.base import Connector, ConnectorConfig, reject_unknown_options
 from aam_dcl.errors import ConfigError, ConnectorError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -49,12 +49,7 @@ class HttpConnector(Connector):
 
 def reject_unknown(type_name: str, options: Mapping[str, Any], names: Iterable[str]) -> None:
     """ConfigError naming the first option that is neither in ``names`` nor an HTTP option."""
-    known = (*names, *HTTP_OPTIONS)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"options.{unknown[0]} is unknown: the {type_name} connector takes " + ", ".join(known)
-        )
+    reject_unknown_options(type_name, options, (*names, *HTTP_OPTIONS))
 
 
 def text_option(options: Mapping[str, Any], name: str) -> str | None:

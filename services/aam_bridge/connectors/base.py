@@ -8,10 +8,11 @@ bridge can checkpoint after every chunk and resume a killed run without a gap or
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from aam_dcl.errors import ConfigError
 from aam_dcl.messages import Record
 
 
@@ -91,3 +92,16 @@ class Connector(ABC):
         cursor is an opaque string to the bridge: a connector may keep more in it than a
         position (a compound key, a delta link), as long as it fits one Redis hash value.
         """
+
+
+def reject_unknown_options(
+    type_name: str, options: Mapping[str, Any], names: Iterable[str]
+) -> None:
+    """ConfigError naming the first option (sorted) that ``names`` does not have; connectors'
+    constructors call it before checking each option."""
+    known = list(names)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"options.{unknown[0]} is unknown: the {type_name} connector takes " + ", ".join(known)
+        )

@@ -25,7 +25,13 @@ from itertools import islice
 from random import Random
 from typing import Any
 
-from aam_bridge.connectors.base import Connector, ConnectorConfig, Page, TableSpec
+from aam_bridge.connectors.base import (
+    Connector,
+    ConnectorConfig,
+    Page,
+    TableSpec,
+    reject_unknown_options,
+)
 from aam_bridge.connectors.demo_tables import EPOCH_MIN, FLAVORS, HISTORY_MIN, DemoTable
 from aam_dcl.errors import ConfigError, ConnectorError
 from aam_dcl.messages import Record
@@ -58,11 +64,7 @@ class DemoConnector(Connector):
     def __init__(self, config: ConnectorConfig) -> None:
         super().__init__(config)
         opts = config.options
-        unknown = sorted(set(opts) - set(_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"options.{unknown[0]} is unknown: the demo connector takes " + ", ".join(_OPTIONS)
-            )
+        reject_unknown_options(self.type_name, opts, _OPTIONS)
         default_flavor = config.name if config.name in FLAVORS else "salesforce"
         flavor = opts.get("flavor", default_flavor)
         if not isinstance(flavor, str) or flavor not in FLAVORS:

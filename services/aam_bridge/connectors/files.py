@@ -39,7 +39,13 @@ from typing import Any
 import orjson
 import structlog
 
-from aam_bridge.connectors.base import Connector, ConnectorConfig, Page, TableSpec
+from aam_bridge.connectors.base import (
+    Connector,
+    ConnectorConfig,
+    Page,
+    TableSpec,
+    reject_unknown_options,
+)
 from aam_bridge.connectors.files_read import (
     COLUMN_TYPES,
     Dialect,
@@ -121,11 +127,7 @@ class FileConnector(Connector):
     def __init__(self, config: ConnectorConfig) -> None:
         super().__init__(config)
         opts = config.options
-        unknown = sorted(set(opts) - set(_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"options.{unknown[0]} is unknown: the file connector takes " + ", ".join(_OPTIONS)
-            )
+        reject_unknown_options(self.type_name, opts, _OPTIONS)
         path = opts.get("path")
         if not isinstance(path, str) or not path.strip():
             raise ConfigError(f"options.path is required: use {_OPTIONS['path']}")

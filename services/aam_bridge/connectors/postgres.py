@@ -33,7 +33,13 @@ import asyncpg
 import orjson
 import structlog
 
-from aam_bridge.connectors.base import Connector, ConnectorConfig, Page, TableSpec
+from aam_bridge.connectors.base import (
+    Connector,
+    ConnectorConfig,
+    Page,
+    TableSpec,
+    reject_unknown_options,
+)
 from aam_bridge.connectors.postgres_catalog import Choice, TablePlan, load_plans
 from aam_dcl.errors import ConfigError, ConnectorError
 from aam_dcl.logs import MASK, redact_urls_in, redacted_url
@@ -76,12 +82,7 @@ class PostgresConnector(Connector):
     def __init__(self, config: ConnectorConfig) -> None:
         super().__init__(config)
         opts = config.options
-        unknown = sorted(set(opts) - set(_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"options.{unknown[0]} is unknown: the postgres connector takes "
-                + ", ".join(_OPTIONS)
-            )
+        reject_unknown_options(self.type_name, opts, _OPTIONS)
         self._dsn = _dsn_option(opts.get("dsn"))
         self._secrets = _secrets_of(self._dsn)
         schema = opts.get("schema", "public")

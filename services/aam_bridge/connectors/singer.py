@@ -31,7 +31,13 @@ from typing import Any
 
 import structlog
 
-from aam_bridge.connectors.base import Connector, ConnectorConfig, Page, TableSpec
+from aam_bridge.connectors.base import (
+    Connector,
+    ConnectorConfig,
+    Page,
+    TableSpec,
+    reject_unknown_options,
+)
 from aam_bridge.connectors.singer_pages import Pages, Stream, dumps, state_of, top_metadata
 from aam_bridge.connectors.singer_process import Tap
 from aam_dcl.errors import ConfigError, ConnectorError
@@ -71,12 +77,7 @@ class SingerConnector(Connector):
     def __init__(self, config: ConnectorConfig) -> None:
         super().__init__(config)
         opts = config.options
-        unknown = sorted(set(opts) - set(_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"options.{unknown[0]} is unknown: the singer connector takes "
-                + ", ".join(_OPTIONS)
-            )
+        reject_unknown_options(self.type_name, opts, _OPTIONS)
         self.command = _command_option(opts.get("command"))
         self.tap_config = _mapping_option(opts, "config")
         catalog = opts.get("catalog")
