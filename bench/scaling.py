@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "shared"), str(ROOT / "services"), str(ROOT)]
 
 from aam_dcl import keys  # noqa: E402
-from aam_dcl.messages import Batch, encode  # noqa: E402
+from aam_dcl.messages import Batch, encode, entry  # noqa: E402
 from aam_dcl.schema import table_batch  # noqa: E402
 from aam_dcl_cli.local_server import start_local_server  # noqa: E402
 from bench.sink_speed import crm_rows  # noqa: E402
@@ -48,7 +48,7 @@ def fill(client: redis.Redis | redis.RedisCluster, connectors: list[str], record
                 "deals", rows[start : start + CHUNK], primary_key=["id"], max_samples=8
             )
             batch = Batch(keys.batch_id(name, 1, n), name, f"{name}-1", [part], TENANT, 1.0)
-            pipe.xadd(stream, {"payload": encode(batch)})
+            pipe.xadd(stream, entry(encode(batch)))
         pipe.execute()
 
 
