@@ -33,6 +33,9 @@ def test_every_key_is_in_the_key_map() -> None:
         keys.processed_expiry(t),
         keys.dead_letter_stream(t, c),
         keys.sync_state(t, c),
+        keys.lease(t, c),
+        keys.fence(t, c),
+        keys.consumer_heartbeat(t, "{consumer}"),
         keys.paused_flag(t),
     ):
         assert f"| `{key}` |" in README, key
