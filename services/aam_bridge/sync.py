@@ -23,7 +23,7 @@ from redis.typing import EncodableT, FieldT
 
 from aam_bridge import metrics
 from aam_bridge.chunks import Chunker, Encoder, Entry, Position
-from aam_bridge.connectors.base import Connector, TableSpec
+from aam_bridge.connectors.base import Connector, TableSpec, close_read
 from aam_bridge.publisher import Publisher
 from aam_dcl import keys
 from aam_dcl.config import Settings
@@ -299,12 +299,7 @@ class SyncRunner:
             if in_flight is not None:
                 await in_flight
         finally:
-            # A read left part-way (a failure, a stop) releases what it holds (a snapshot
-            # transaction, a connection) now, not when the generator is collected.
-            close = getattr(pages, "aclose", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    await close()
+            await close_read(pages)  # a read left part-way (a failure, a stop)
             if in_flight is not None and not in_flight.done():
                 # Failing or cancelled: the call either ran or not; the run resumes from Redis.
                 in_flight.cancel()

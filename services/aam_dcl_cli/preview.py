@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aam_bridge.connectors import registry
-from aam_bridge.connectors.base import Connector, TableSpec
+from aam_bridge.connectors.base import Connector, TableSpec, close_read
 from aam_bridge.connectors_file import load_connectors
 from aam_dcl.config import Settings
 from aam_dcl.errors import AamDclError, ConfigError
@@ -69,9 +69,7 @@ async def _table(
     except AamDclError as exc:
         return TablePreview(table.name, list(table.primary_key), [], [], 0, 0, error=str(exc))
     finally:
-        close = getattr(pages, "aclose", None)
-        if close is not None:
-            await close()
+        await close_read(pages)
     records = page.records if page else []
     part = table_batch(
         table.name,

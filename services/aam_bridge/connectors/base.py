@@ -7,6 +7,7 @@ bridge can checkpoint after every chunk and resume a killed run without a gap or
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -105,3 +106,13 @@ def reject_unknown_options(
         raise ConfigError(
             f"options.{unknown[0]} is unknown: the {type_name} connector takes " + ", ".join(known)
         )
+
+
+async def close_read(pages: AsyncIterator[Page]) -> None:
+    """Release what a read left part-way holds (a snapshot transaction, a connection, a
+    subprocess) now, not when the generator is collected. An error while closing is not the
+    caller's: it is dropped."""
+    close = getattr(pages, "aclose", None)  # async generators have it; other iterators not
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()
